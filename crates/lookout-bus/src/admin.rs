@@ -1,0 +1,232 @@
+//! Topic administration: create the registry's topics, describe topics and consumer groups.
+
+use std::time::Duration;
+
+use lookout_proto::TopicSpec;
+use rdkafka::{
+    Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    error::RDKafkaErrorCode,
+    producer::Producer as _,
+};
+use tracing::{info, warn};
+
+use crate::{Bus, BusError};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One partition's offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition id.
+    pub id: i32,
+    /// Oldest retained offset.
+    pub low: i64,
+    /// Offset the next message will get.
+    pub high: i64,
+}
+
+/// A topic and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Full name.
+    pub name: String,
+    /// Partitions with offsets.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A consumer group's position on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    /// Partition id.
+    pub partition: i32,
+    /// Committed offset, `None` when the group has committed nothing there.
+    pub committed: Option<i64>,
+    /// The partition's end offset.
+    pub high: i64,
+    /// Messages not yet committed by the group.
+    pub lag: i64,
+}
+
+/// A consumer group as the brokers list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Group id.
+    pub name: String,
+    /// State, e.g. `Stable`.
+    pub state: String,
+    /// Number of members.
+    pub members: usize,
+}
+
+fn kafka(topic: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> BusError + '_ {
+    move |source| BusError::Kafka { topic: topic.to_owned(), source }
+}
+
+fn probe(bus: &Bus, group: &str) -> Result<BaseConsumer, BusError> {
+    bus.client_config(&[("group.id", group), ("enable.auto.commit", "false")])
+        .create()
+        .map_err(BusError::Config)
+}
+
+/// The partition count of a topic (blocking).
+pub(crate) fn partition_count_blocking(bus: &Bus, topic: &str) -> Result<i32, BusError> {
+    let metadata =
+        bus.producer().client().fetch_metadata(Some(topic), TIMEOUT).map_err(kafka(topic))?;
+    let n = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len() as i32);
+    if n == 0 {
+        return Err(BusError::UnknownTopic {
+            topic: topic.to_owned(),
+            brokers: bus.config().brokers.clone(),
+            hint: " (create the topics with `lookout topics --create`, or start `lookout broker`)",
+        });
+    }
+    Ok(n)
+}
+
+/// Creates the topics of `specs` (names get the bus's prefix) that do not exist yet, with
+/// their configured partition counts. Existing topics are left alone, so this is idempotent.
+pub async fn ensure_topics(bus: &Bus, specs: &[TopicSpec]) -> Result<Vec<String>, BusError> {
+    let existing = describe(bus).await?;
+    let mut missing = Vec::new();
+    for spec in specs {
+        let name = bus.topic_name(spec.name);
+        match existing.iter().find(|t| t.name == name) {
+            Some(t) if (t.partitions.len() as i32) < spec.partitions => warn!(
+                topic = %name,
+                partitions = t.partitions.len(),
+                wanted = spec.partitions,
+                "topic has fewer partitions than configured",
+            ),
+            Some(_) => {}
+            None => missing.push((name, spec.partitions)),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        bus.client_config(&[]).create().map_err(BusError::Config)?;
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let options =
+        AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
+    let results = admin.create_topics(&new, &options).await.map_err(|source| BusError::Kafka {
+        topic: missing.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","),
+        source,
+    })?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => {
+                info!(topic = %name, "topic created");
+                created.push(name);
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(BusError::Kafka {
+                    topic: name,
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Every topic on the brokers with its partitions' low and high offsets.
+pub async fn describe(bus: &Bus) -> Result<Vec<TopicInfo>, BusError> {
+    let bus = bus.clone();
+    tokio::task::spawn_blocking(move || describe_blocking(&bus))
+        .await
+        .map_err(|e| BusError::Embedded(format!("metadata task failed: {e}")))?
+}
+
+fn describe_blocking(bus: &Bus) -> Result<Vec<TopicInfo>, BusError> {
+    let probe = probe(bus, "lookout-admin")?;
+    let metadata = probe.fetch_metadata(None, TIMEOUT).map_err(kafka("*"))?;
+    let mut topics = Vec::new();
+    for t in metadata.topics() {
+        if t.name().starts_with("__") {
+            continue;
+        }
+        let mut partitions = Vec::new();
+        for p in t.partitions() {
+            let (low, high) =
+                probe.fetch_watermarks(t.name(), p.id(), TIMEOUT).map_err(kafka(t.name()))?;
+            partitions.push(PartitionInfo { id: p.id(), low, high });
+        }
+        partitions.sort_by_key(|p| p.id);
+        topics.push(TopicInfo { name: t.name().to_owned(), partitions });
+    }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(topics)
+}
+
+/// Lists consumer groups. Real Kafka supports this; librdkafka's mock cluster does not
+/// (it answers `UNSUPPORTED_FEATURE`), which is returned as an error.
+pub async fn groups(bus: &Bus) -> Result<Vec<GroupInfo>, BusError> {
+    let bus = bus.clone();
+    tokio::task::spawn_blocking(move || {
+        let probe = probe(&bus, "lookout-admin")?;
+        let list = probe.fetch_group_list(None, TIMEOUT).map_err(kafka("*"))?;
+        Ok(list
+            .groups()
+            .iter()
+            .map(|g| GroupInfo {
+                name: g.name().to_owned(),
+                state: g.state().to_owned(),
+                members: g.members().len(),
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| BusError::Embedded(format!("metadata task failed: {e}")))?
+}
+
+/// A group's committed offsets and lag on each partition of a topic. Works on the mock
+/// cluster too (it answers offset fetches), given the group's name.
+pub async fn group_lag(
+    bus: &Bus,
+    group: &str,
+    topic: &TopicInfo,
+) -> Result<Vec<GroupLag>, BusError> {
+    let bus = bus.clone();
+    let group = group.to_owned();
+    let topic = topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let probe = probe(&bus, &group)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &topic.partitions {
+            tpl.add_partition(&topic.name, p.id);
+        }
+        let committed = probe.committed_offsets(tpl, TIMEOUT).map_err(kafka(&topic.name))?;
+        Ok(topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let c =
+                    committed.find_partition(&topic.name, p.id).and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                GroupLag {
+                    partition: p.id,
+                    committed: c,
+                    high: p.high,
+                    lag: p.high - c.unwrap_or(p.low),
+                }
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| BusError::Embedded(format!("metadata task failed: {e}")))?
+}

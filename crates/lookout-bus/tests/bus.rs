@@ -1,0 +1,440 @@
+//! The bus against a real Kafka-protocol broker (embedded, or `LOOKOUT_BROKERS`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use lookout_bus::{BusError, HandlerError, Incoming, LiveSubscription, headers, topics};
+use lookout_proto::{
+    BusMessage, Topic, timestamp,
+    v1::{
+        BoundingBox, Detection, Encoding, Frame, Label, Level, LogRecord, ModelRef, Prediction,
+        PredictionChange, Timings,
+    },
+};
+use lookout_test_util::{EVENT_TIMEOUT, TestBus};
+use rdkafka::{
+    ClientConfig, Message as _,
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+async fn recv<T>(rx: &mut mpsc::Receiver<T>) -> T {
+    tokio::time::timeout(EVENT_TIMEOUT, rx.recv())
+        .await
+        .expect("message arrives before the timeout")
+        .expect("channel open")
+}
+
+/// Publishes `message` on `topic` and receives it back through a consumer group.
+async fn round_trip<M: BusMessage + Clone + PartialEq + std::fmt::Debug>(
+    t: &TestBus,
+    topic: &Topic<M>,
+    message: M,
+) -> Incoming<M> {
+    let bus = t.bus("lookout-test");
+    let delivered = bus.publisher(topic).send(&message).await.expect("delivered");
+    assert!(delivered.offset >= 0);
+
+    let (tx, mut rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let sub = bus.subscriber(topic, "round-trip").run(
+        move |m: Incoming<M>| {
+            let tx = tx.clone();
+            async move { tx.send(m).await.map_err(|_| HandlerError::Retry("test ended".into())) }
+        },
+        shutdown.clone(),
+    );
+    let task = tokio::spawn(sub);
+    let got = recv(&mut rx).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(got.message, message);
+    assert_eq!(got.meta.offset, delivered.offset);
+    assert_eq!(got.meta.partition, delivered.partition);
+    assert_eq!(got.meta.key.as_deref(), Some(message.key()));
+    let h = &got.meta.headers;
+    assert_eq!(h.content_type.as_deref(), Some(topic.content_type().as_str()));
+    assert_eq!(h.service.as_deref(), Some("lookout-test"));
+    assert_eq!(h.instance.as_deref(), Some(bus.config().instance.as_str()));
+    assert!(h.produced_at_ms.unwrap() > 1_600_000_000_000, "produce time is a recent Unix ms");
+    assert_eq!(h.trace, Some(delivered.trace), "traceparent carries the trace it was sent with");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_type_round_trips() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let now = timestamp(SystemTime::now());
+    let label = |id, name: &str, score| Label { class_id: id, name: name.into(), score };
+    let model = ModelRef { name: "efficientnet-lite0".into(), version: "1".into() };
+
+    round_trip(
+        &t,
+        &topics::FRAMES,
+        Frame {
+            camera_id: "lobby".into(),
+            sequence: 42,
+            capture_time: Some(now),
+            width: 640,
+            height: 480,
+            encoding: Encoding::Jpeg.into(),
+            data: Bytes::from_static(b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9"),
+        },
+    )
+    .await;
+
+    round_trip(
+        &t,
+        &topics::PREDICTIONS,
+        Prediction {
+            camera_id: "lobby".into(),
+            frame_sequence: 42,
+            capture_time: Some(now),
+            model: Some(model.clone()),
+            top_k: vec![label(967, "espresso", 0.95), label(968, "cup", 0.02)],
+            detections: vec![Detection {
+                r#box: Some(BoundingBox { x: 1.0, y: 2.0, width: 3.0, height: 4.0 }),
+                label: Some(label(1, "goldfish", 0.5)),
+            }],
+            timings: Some(Timings {
+                decode: Some(lookout_proto::Duration { seconds: 0, nanos: 2_000_000 }),
+                preprocess: Some(lookout_proto::Duration { seconds: 0, nanos: 1_000_000 }),
+                inference: Some(lookout_proto::Duration { seconds: 0, nanos: 30_000_000 }),
+            }),
+            predictor_instance: "host-1".into(),
+            predicted_time: Some(now),
+        },
+    )
+    .await;
+
+    round_trip(
+        &t,
+        &topics::CHANGES,
+        PredictionChange {
+            camera_id: "lobby".into(),
+            frame_sequence: 43,
+            previous: Some(label(282, "tiger cat", 0.4)),
+            current: Some(label(967, "espresso", 0.9)),
+            model: Some(model),
+            time: Some(now),
+            change_id: 7,
+            snapshot_missing: false,
+        },
+    )
+    .await;
+
+    round_trip(
+        &t,
+        &topics::LOGS,
+        LogRecord {
+            time: Some(now),
+            service: "lookout-predictor".into(),
+            instance: "host-1".into(),
+            level: Level::Warn.into(),
+            target: "lookout_predictor::run".into(),
+            message: "frame skipped".into(),
+            fields: [("reason".to_owned(), "too old".to_owned())].into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            camera_id: "lobby".into(),
+            frame_sequence: Some(42),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_one_camera_spread_over_all_partitions() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let bus = t.bus("lookout-test");
+    let frames = bus.publisher(&topics::FRAMES);
+    let mut partitions = BTreeSet::new();
+    for seq in 0..12 {
+        let f = Frame { camera_id: "one".into(), sequence: seq, ..Default::default() };
+        partitions.insert(frames.send(&f).await.unwrap().partition);
+    }
+    assert_eq!(partitions.len() as i32, topics::FRAMES.partitions());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_is_refused_with_its_size_and_the_limit() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let bus =
+        lookout_bus::Bus::new(t.config("lookout-test").with_opt("message.max.bytes", "10000"))
+            .unwrap();
+    let frame =
+        Frame { camera_id: "big".into(), data: vec![0u8; 20_000].into(), ..Default::default() };
+    let err = bus.publisher(&topics::FRAMES).send(&frame).await.unwrap_err();
+    let BusError::TooLarge { size, limit, .. } = &err else { panic!("unexpected error {err}") };
+    assert!(*size > 20_000);
+    assert_eq!(*limit, 10_000);
+    let text = err.to_string();
+    assert!(text.contains(&size.to_string()) && text.contains("10000"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_goes_to_the_dead_letter_topic_and_later_messages_are_handled() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let bus = t.bus("lookout-test");
+    let topic = bus.topic_name(topics::PREDICTIONS.name());
+    let predictions = bus.publisher(&topics::PREDICTIONS);
+
+    let good =
+        |seq| Prediction { camera_id: "cam".into(), frame_sequence: seq, ..Default::default() };
+    predictions.send(&good(1)).await.unwrap();
+    // Bytes that are not a protobuf message (wire type 7 does not exist).
+    let raw: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", t.brokers()).create().unwrap();
+    let garbage = raw
+        .send(
+            FutureRecord::to(&topic).key("cam").payload(&b"\xff\xff\xff\xff garbage"[..]).headers(
+                OwnedHeaders::new().insert(Header {
+                    key: headers::CONTENT_TYPE,
+                    value: Some("lookout.v1.Prediction"),
+                }),
+            ),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("garbage produced");
+    // A well-formed message of the wrong type on this topic is refused too.
+    let wrong_type = raw
+        .send(
+            FutureRecord::to(&topic).key("cam").payload(&[] as &[u8]).headers(
+                OwnedHeaders::new()
+                    .insert(Header { key: headers::CONTENT_TYPE, value: Some("lookout.v1.Frame") }),
+            ),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .expect("wrong type produced");
+    predictions.send(&good(2)).await.unwrap();
+    predictions.send(&good(3)).await.unwrap();
+
+    let (tx, mut rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bus.subscriber(&topics::PREDICTIONS, "dlq-test").run(
+        move |m: Incoming<Prediction>| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m.message.frame_sequence)
+                    .await
+                    .map_err(|e| HandlerError::Retry(e.to_string()))
+            }
+        },
+        shutdown.clone(),
+    ));
+    let handled = vec![recv(&mut rx).await, recv(&mut rx).await, recv(&mut rx).await];
+    assert_eq!(handled, vec![1, 2, 3], "the messages after the bad ones are handled, in order");
+
+    // The dead-letter topic holds both bad messages with their origin and the reason.
+    let (dtx, mut drx) = mpsc::channel(8);
+    let dlq_task = tokio::spawn(
+        bus.raw_subscriber(&[bus.topic_name(topics::DLQ)], "dlq-reader")
+            .run(Collector(dtx), shutdown.clone()),
+    );
+    let mut dead = BTreeMap::new();
+    for _ in 0..2 {
+        let m: rdkafka::message::OwnedMessage = recv(&mut drx).await;
+        let hs: BTreeMap<String, String> = headers::all(m.headers()).into_iter().collect();
+        assert_eq!(hs[headers::DLQ_TOPIC], topic);
+        assert_eq!(hs[headers::DLQ_GROUP], "dlq-test");
+        dead.insert(
+            hs[headers::DLQ_OFFSET].parse::<i64>().unwrap(),
+            (hs, m.payload().map(<[u8]>::to_vec)),
+        );
+    }
+    let (garbage_headers, garbage_payload) = &dead[&garbage.offset];
+    assert_eq!(garbage_headers[headers::DLQ_PARTITION], garbage.partition.to_string());
+    assert!(garbage_headers[headers::DLQ_ERROR].contains("cannot decode"), "{garbage_headers:?}");
+    assert_eq!(
+        garbage_payload.as_deref(),
+        Some(&b"\xff\xff\xff\xff garbage"[..]),
+        "original bytes kept"
+    );
+    let (wrong_headers, _) = &dead[&wrong_type.offset];
+    assert!(wrong_headers[headers::DLQ_ERROR].contains("lookout.v1.Frame"), "{wrong_headers:?}");
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    dlq_task.await.unwrap().unwrap();
+}
+
+struct Collector(mpsc::Sender<rdkafka::message::OwnedMessage>);
+
+impl lookout_bus::RawHandler for Collector {
+    async fn handle(&self, m: &rdkafka::message::OwnedMessage) -> Result<(), HandlerError> {
+        self.0.send(m.clone()).await.map_err(|e| HandlerError::Retry(e.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_resumes_where_the_last_one_stopped() {
+    let t = TestBus::start();
+    t.create_topic(topics::PREDICTIONS.name(), 3).await;
+    let bus = t.bus("lookout-test");
+    let predictions = bus.publisher(&topics::PREDICTIONS);
+    const TOTAL: u64 = 600;
+    for seq in 0..TOTAL {
+        let camera = format!("cam-{}", seq % 5);
+        let p = Prediction { camera_id: camera, frame_sequence: seq, ..Default::default() };
+        let _pending = predictions.enqueue(&p, None).await.unwrap();
+    }
+    bus.flush(EVENT_TIMEOUT).unwrap();
+
+    // First run: stop after 250 messages were handled.
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = CancellationToken::new();
+    let count = Arc::new(AtomicUsize::new(0));
+    {
+        let (handled, stop, count) = (handled.clone(), shutdown.clone(), count.clone());
+        bus.subscriber(&topics::PREDICTIONS, "resume")
+            .run(
+                move |m: Incoming<Prediction>| {
+                    let (handled, stop, count) = (handled.clone(), stop.clone(), count.clone());
+                    async move {
+                        handled.lock().unwrap().push(m.message.frame_sequence);
+                        if count.fetch_add(1, Ordering::SeqCst) + 1 == 250 {
+                            stop.cancel();
+                        }
+                        Ok(())
+                    }
+                },
+                shutdown.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    let first: Vec<u64> = handled.lock().unwrap().clone();
+    assert!(first.len() >= 250 && first.len() < TOTAL as usize, "{}", first.len());
+
+    // Second run, same group: it must handle exactly the rest.
+    let (tx, mut rx) = mpsc::channel(1024);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bus.subscriber(&topics::PREDICTIONS, "resume").run(
+        move |m: Incoming<Prediction>| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m.message.frame_sequence)
+                    .await
+                    .map_err(|e| HandlerError::Retry(e.to_string()))
+            }
+        },
+        shutdown.clone(),
+    ));
+    let mut second = Vec::new();
+    while first.len() + second.len() < TOTAL as usize {
+        second.push(recv(&mut rx).await);
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let a: BTreeSet<u64> = first.iter().copied().collect();
+    let b: BTreeSet<u64> = second.iter().copied().collect();
+    assert_eq!(a.len(), first.len(), "no duplicates in the first run");
+    assert!(
+        a.is_disjoint(&b),
+        "acknowledged messages are not handled again: {:?}",
+        a.intersection(&b).collect::<Vec<_>>()
+    );
+    let all: BTreeSet<u64> = a.union(&b).copied().collect();
+    assert_eq!(all, (0..TOTAL).collect(), "nothing is lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_fails_transiently_gets_the_same_message_again() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let bus = t.bus("lookout-test");
+    let p = |seq| Prediction { camera_id: "cam".into(), frame_sequence: seq, ..Default::default() };
+    for seq in 1..=3 {
+        bus.publisher(&topics::PREDICTIONS).send(&p(seq)).await.unwrap();
+    }
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let task = {
+        let attempts = attempts.clone();
+        tokio::spawn(bus.subscriber(&topics::PREDICTIONS, "retry").run(
+            move |m: Incoming<Prediction>| {
+                let (tx, attempts) = (tx.clone(), attempts.clone());
+                async move {
+                    // The second message fails twice (a database outage, say), then succeeds.
+                    if m.message.frame_sequence == 2 && attempts.fetch_add(1, Ordering::SeqCst) < 2
+                    {
+                        return Err(HandlerError::Retry("database unavailable".into()));
+                    }
+                    tx.send(m.message.frame_sequence)
+                        .await
+                        .map_err(|e| HandlerError::Retry(e.to_string()))
+                }
+            },
+            shutdown.clone(),
+        ))
+    };
+    let got = vec![recv(&mut rx).await, recv(&mut rx).await, recv(&mut rx).await];
+    assert_eq!(got, vec![1, 2, 3], "order is kept and nothing is skipped");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscription_starts_at_the_newest_message() {
+    let t = TestBus::start();
+    t.create_topic(topics::CHANGES.name(), 1).await;
+    let bus = t.bus("lookout-test");
+    let changes = bus.publisher(&topics::CHANGES);
+    let c = |seq| PredictionChange {
+        camera_id: "cam".into(),
+        frame_sequence: seq,
+        ..Default::default()
+    };
+    for seq in 1..=5 {
+        changes.send(&c(seq)).await.unwrap();
+    }
+    let (tx, mut rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let live: LiveSubscription<PredictionChange> = bus.live(&topics::CHANGES);
+    let task = tokio::spawn(live.run(
+        move |m: Incoming<PredictionChange>| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m.message.frame_sequence)
+                    .await
+                    .map_err(|e| HandlerError::Retry(e.to_string()))
+            }
+        },
+        shutdown.clone(),
+    ));
+    assert_eq!(recv(&mut rx).await, 5, "history before the newest message is skipped");
+    changes.send(&c(6)).await.unwrap();
+    assert_eq!(recv(&mut rx).await, 6, "new messages follow");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_topics_is_idempotent_on_existing_topics() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let bus = t.bus("lookout-test");
+    let created = lookout_bus::admin::ensure_topics(&bus, &topics::all()).await.unwrap();
+    assert!(created.is_empty(), "nothing to create: {created:?}");
+    let described = lookout_bus::admin::describe(&bus).await.unwrap();
+    let frames = described.iter().find(|d| d.name == bus.topic_name("lookout.frames")).unwrap();
+    assert_eq!(frames.partitions.len(), 6);
+}

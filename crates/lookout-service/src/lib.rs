@@ -1,0 +1,145 @@
+//! What every Lookout service shares: command-line and environment configuration
+//! ([`CommonArgs`]), signal handling and shutdown ([`shutdown`]), and the admin HTTP server
+//! with `/livez`, `/readyz` and `/metrics` ([`admin`]).
+//!
+//! A service's `main` stays thin:
+//!
+//! ```no_run
+//! # #[derive(clap::Parser)] struct Args { #[command(flatten)] common: lookout_service::CommonArgs }
+//! # async fn run(_: Args, _: lookout_service::Service) -> anyhow::Result<()> { Ok(()) }
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     let args: Args = lookout_service::parse_args();
+//!     lookout_service::main("lookout-example", args.common.clone(), |svc| run(args, svc)).await
+//! }
+//! ```
+
+pub mod admin;
+mod args;
+pub mod shutdown;
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use lookout_bus::Bus;
+use lookout_telemetry::Telemetry;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use admin::Readiness;
+pub use args::{CommonArgs, parse_duration};
+
+/// Exit code for bad configuration (BSD `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Parses the command line (and `LOOKOUT_*` environment variables). `--help` and
+/// `--version` print and exit 0; a bad argument prints one clear message and exits 64.
+pub fn parse_args<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(i32::from(EXIT_USAGE));
+        }
+    }
+}
+
+/// A running service's shared parts.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The service name, e.g. `lookout-camera`.
+    pub name: &'static str,
+    /// The common configuration.
+    pub args: CommonArgs,
+    /// Cancelled on SIGINT/SIGTERM, or when a task fails.
+    pub shutdown: CancellationToken,
+    /// Named readiness checks, reported on `/readyz`.
+    pub readiness: Readiness,
+    /// Where the admin server listens.
+    pub admin_addr: SocketAddr,
+    telemetry: Telemetry,
+}
+
+impl Service {
+    /// A bus client named after this service.
+    pub fn bus(&self) -> anyhow::Result<Bus> {
+        Bus::new(self.args.bus_config(self.name)).context("cannot create the Kafka client")
+    }
+
+    /// The Prometheus rendering of the process's metrics.
+    pub fn render_metrics(&self) -> String {
+        self.telemetry.render_metrics()
+    }
+}
+
+/// Runs a service: sets up telemetry, signals and the admin server, then runs `body` until it
+/// returns or a signal arrives; after a signal the body gets `args.shutdown_grace` to finish.
+/// Returns the process exit code (64 for configuration errors, 1 for failures).
+pub async fn main<F, Fut>(name: &'static str, args: CommonArgs, body: F) -> ExitCode
+where
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = match lookout_telemetry::init(args.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let shutdown = shutdown::on_signals();
+    let readiness = Readiness::default();
+    let admin_state = admin::AdminState::new(readiness.clone(), telemetry.clone());
+    let admin_addr = match admin::serve(args.admin_addr, admin_state, shutdown.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, addr = %args.admin_addr, "cannot start the admin server");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    info!(service = name, instance = %args.instance, admin = %admin_addr, brokers = %args.brokers, "starting");
+    let grace = args.shutdown_grace;
+    let svc = Service { name, args, shutdown: shutdown.clone(), readiness, admin_addr, telemetry };
+    let body = body(svc);
+    tokio::pin!(body);
+    let result = tokio::select! {
+        r = &mut body => r,
+        () = shutdown.cancelled() => {
+            info!(grace_ms = grace.as_millis() as u64, "shutting down");
+            match tokio::time::timeout(grace, &mut body).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!("did not stop within {grace:?}")),
+            }
+        }
+    };
+    shutdown.cancel();
+    match result {
+        Ok(()) => {
+            info!(service = name, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(service = name, error = format!("{e:#}"), "failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps the `kafka` readiness check up to date: ready while the brokers answer a metadata
+/// request, checked every `every`.
+pub async fn watch_kafka(
+    bus: Bus,
+    readiness: Readiness,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let ok = lookout_bus::admin::describe(&bus).await.is_ok();
+        readiness.set("kafka", ok);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The `lookout` binary as a user runs it: a broker process, a tap process, a publisher.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+};
+
+use lookout_bus::{Bus, BusConfig, topics};
+use lookout_proto::v1::{Encoding, Frame};
+use lookout_test_util::EVENT_TIMEOUT;
+
+/// Kills the child when the test ends, however it ends.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lookout() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    c.env_remove("LOOKOUT_BROKERS").env("RUST_LOG", "warn");
+    c
+}
+
+/// Spawns a child and streams its stdout lines into a channel.
+fn spawn_lines(mut cmd: Command) -> (Guard, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("lookout runs");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Guard(child), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_shows_what_another_process_publishes_through_the_broker_process() {
+    let mut broker = lookout();
+    broker.args(["broker", "--listen", "127.0.0.1:0"]);
+    let (_broker, lines) = spawn_lines(broker);
+    let first = lines.recv_timeout(EVENT_TIMEOUT).expect("broker prints its address");
+    let addr =
+        first.strip_prefix("listening on ").expect("first line names the address").to_owned();
+
+    let mut tap = lookout();
+    tap.args(["tap", "lookout.frames", "--brokers", &addr, "--count", "3"]);
+    let (_tap, tapped) = spawn_lines(tap);
+
+    let bus = Bus::new(BusConfig::new(&addr, "lookout-test")).unwrap();
+    let frames = bus.publisher(&topics::FRAMES);
+    for seq in 1..=3u64 {
+        let f = Frame {
+            camera_id: "porch".into(),
+            sequence: seq,
+            width: 2,
+            height: 1,
+            encoding: Encoding::Jpeg.into(),
+            data: vec![0xff; 100].into(),
+            ..Default::default()
+        };
+        frames.send(&f).await.unwrap();
+    }
+
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let line = tapped.recv_timeout(EVENT_TIMEOUT).expect("tap prints each frame");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("tap prints JSON lines");
+        assert_eq!(v["type"], "lookout.v1.Frame");
+        assert_eq!(v["key"], "porch");
+        assert_eq!(v["headers"]["content-type"], "lookout.v1.Frame");
+        assert_eq!(v["headers"]["lookout-service"], "lookout-test");
+        assert!(v["headers"]["traceparent"].as_str().unwrap().starts_with("00-"));
+        assert_eq!(v["value"]["cameraId"], "porch");
+        assert_eq!(v["value"]["encoding"], "ENCODING_JPEG");
+        assert_eq!(v["value"]["data"], "<100 bytes>");
+        seqs.push(v["value"]["sequence"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_bad_argument_is_a_usage_error() {
+    let out = lookout().args(["tap"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "missing topic exits with EX_USAGE");
+    let out = lookout().args(["tap", "x", "--from", "yesterday-ish"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    let out = lookout().args(["--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("broker"));
+}

@@ -1,0 +1,33 @@
+# Lookout's everyday commands. `just --list` shows them; each is a plain cargo command too.
+
+default:
+    @just --list
+
+# Format all code.
+fmt:
+    cargo fmt --all
+
+# Clippy on everything, warnings are errors.
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The whole test suite (the README's test command).
+test:
+    cargo test --workspace
+
+# What CI checks: formatting, lints, tests.
+verify:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo test --workspace
+
+# Run an embedded Kafka broker on 127.0.0.1:9092.
+broker:
+    cargo run --release -p lookout -- broker
+
+# Every benchmark.
+bench: bench-bus
+
+# Bus throughput, Lookout vs Python confluent-kafka, on the same broker in the same run.
+bench-bus:
+    python3 bench/bus/run.py
