@@ -26,8 +26,12 @@ broker:
     cargo run --release -p lookout -- broker
 
 # Every benchmark.
-bench: bench-bus
+bench: bench-bus bench-predictor
 
 # Bus throughput, Lookout vs Python confluent-kafka, on the same broker in the same run.
 bench-bus:
     python3 bench/bus/run.py
+
+# Predictor per-frame cost (tract vs onnxruntime) and pipeline vs bare model loop.
+bench-predictor:
+    python3 bench/predictor/run.py

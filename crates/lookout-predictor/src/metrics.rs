@@ -1,0 +1,12 @@
+//! Metric names of the predictor.
+
+/// Frames taken from the topic (`outcome`: labelled, too_old, bad_frame).
+pub const FRAMES: &str = "lookout_predictor_frames_total";
+/// JPEG decode time per frame.
+pub const DECODE_SECONDS: &str = "lookout_predictor_decode_seconds";
+/// Resize, crop and normalise time per frame.
+pub const PREPROCESS_SECONDS: &str = "lookout_predictor_preprocess_seconds";
+/// Model time per frame.
+pub const INFERENCE_SECONDS: &str = "lookout_predictor_inference_seconds";
+/// From the frame's capture to its prediction being delivered.
+pub const CAPTURE_TO_PREDICTED_SECONDS: &str = "lookout_predictor_capture_to_predicted_seconds";
