@@ -64,6 +64,38 @@ pub struct PredictorArgs {
     pub group: String,
 }
 
+/// The `lookout-predictor` command line (also `lookout predictor`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "lookout-predictor",
+    version,
+    about = "Labels camera frames with an ONNX model and publishes the predictions."
+)]
+pub struct Args {
+    /// Predictor options.
+    #[command(flatten)]
+    pub predictor: PredictorArgs,
+    /// Options every service takes.
+    #[command(flatten)]
+    pub common: lookout_service::CommonArgs,
+}
+
+/// Runs the predictor service: telemetry, signals, admin server, then [`run`].
+pub async fn main(args: Args) -> std::process::ExitCode {
+    lookout_service::main("lookout-predictor", args.common.clone(), |svc| async move {
+        let bus = svc.bus()?;
+        tokio::spawn(lookout_service::watch_kafka(
+            bus.clone(),
+            svc.readiness.clone(),
+            Duration::from_secs(5),
+            svc.shutdown.clone(),
+        ));
+        run(args.predictor, bus, svc.shutdown.clone()).await?;
+        Ok(())
+    })
+    .await
+}
+
 /// Errors that stop the predictor.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictorError {

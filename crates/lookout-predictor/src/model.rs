@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use image::{DynamicImage, ImageDecoder as _, ImageReader, RgbImage, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder as _, ImageReader, RgbImage};
 use serde::Deserialize;
 use tract_onnx::prelude::*;
 
@@ -192,18 +192,6 @@ pub enum Filter {
     Gaussian,
     /// Lanczos, window 3.
     Lanczos3,
-}
-
-impl From<Filter> for FilterType {
-    fn from(f: Filter) -> Self {
-        match f {
-            Filter::Nearest => Self::Nearest,
-            Filter::Triangle => Self::Triangle,
-            Filter::CatmullRom => Self::CatmullRom,
-            Filter::Gaussian => Self::Gaussian,
-            Filter::Lanczos3 => Self::Lanczos3,
-        }
-    }
 }
 
 /// Output tensor description.
@@ -399,16 +387,18 @@ impl Model {
         let scale = p.resize_shorter as f32 / iw.min(ih).max(1) as f32;
         let rw = ((iw as f32 * scale).round() as u32).max(w as u32);
         let rh = ((ih as f32 * scale).round() as u32).max(h as u32);
-        let resized = image::imageops::resize(img, rw, rh, p.filter.into());
-        let (x0, y0) = ((rw - w as u32) / 2, (rh - h as u32) / 2);
+        let resized = resize(img, rw, rh, p.filter);
+        let (x0, y0) = (((rw - w as u32) / 2) as usize, ((rh - h as u32) / 2) as usize);
+        let stride = rw as usize * 3;
         let mut data = vec![0f32; 3 * h * w];
         let bgr = self.manifest.input.color == Color::BGR;
+        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / p.std[c]);
         for y in 0..h {
-            for x in 0..w {
-                let px = resized.get_pixel(x0 + x as u32, y0 + y as u32).0;
+            let row = &resized[(y0 + y) * stride + x0 * 3..][..w * 3];
+            for (x, px) in row.chunks_exact(3).enumerate() {
                 for c in 0..3 {
                     let src = if bgr { 2 - c } else { c };
-                    let v = (f32::from(px[src]) - p.mean[c]) / p.std[c];
+                    let v = (f32::from(px[src]) - p.mean[c]) * scale[c];
                     let i = match self.manifest.input.layout {
                         Layout::NCHW => c * h * w + y * w + x,
                         Layout::NHWC => (y * w + x) * 3 + c,
@@ -467,6 +457,28 @@ impl Model {
         let times = StageTimes { decode: t1 - t0, preprocess: t2 - t1, inference: t3 - t2 };
         Ok((self.top_k(&scores, k), times))
     }
+}
+
+/// Resizes RGB pixels with SIMD convolution (fast_image_resize); returns the packed RGB bytes.
+fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> Vec<u8> {
+    use fast_image_resize::{
+        FilterType as F, PixelType, ResizeAlg, ResizeOptions, Resizer, images,
+    };
+    let alg = match filter {
+        Filter::Nearest => ResizeAlg::Nearest,
+        Filter::Triangle => ResizeAlg::Convolution(F::Bilinear),
+        Filter::CatmullRom => ResizeAlg::Convolution(F::CatmullRom),
+        Filter::Gaussian => ResizeAlg::Convolution(F::Gaussian),
+        Filter::Lanczos3 => ResizeAlg::Convolution(F::Lanczos3),
+    };
+    let (iw, ih) = img.dimensions();
+    let src = images::ImageRef::new(iw, ih, img.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage's buffer matches its size");
+    let mut dst = images::Image::new(width, height, PixelType::U8x3);
+    Resizer::new()
+        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
+        .expect("same pixel type on both sides");
+    dst.into_vec()
 }
 
 fn input_hw(input: &Input) -> Result<(usize, usize), String> {
