@@ -229,6 +229,8 @@ impl GroupConsumer {
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "1000"),
             ("queued.max.messages.kbytes", "16384"),
+            // Frames are live data: answer fetches quickly rather than waiting for a fuller batch.
+            ("fetch.wait.max.ms", "100"),
         ]);
         // The user's options may not turn the offset store back on: it loses messages.
         let mut config = config;

@@ -49,6 +49,8 @@ impl<M: BusMessage> LiveSubscription<M> {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "latest"),
+                // Live data: do not let the broker hold a fetch for long waiting for more.
+                ("fetch.wait.max.ms", "50"),
             ])
             .create()
             .map_err(BusError::Config)?;

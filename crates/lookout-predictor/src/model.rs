@@ -393,12 +393,13 @@ impl Model {
         let mut data = vec![0f32; 3 * h * w];
         let bgr = self.manifest.input.color == Color::BGR;
         let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / p.std[c]);
+        let channels: [(usize, f32, f32); 3] =
+            std::array::from_fn(|c| (if bgr { 2 - c } else { c }, p.mean[c], scale[c]));
         for y in 0..h {
             let row = &resized[(y0 + y) * stride + x0 * 3..][..w * 3];
             for (x, px) in row.chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    let src = if bgr { 2 - c } else { c };
-                    let v = (f32::from(px[src]) - p.mean[c]) * scale[c];
+                for (c, (src, mean, scale)) in channels.iter().enumerate() {
+                    let v = (f32::from(px[*src]) - mean) * scale;
                     let i = match self.manifest.input.layout {
                         Layout::NCHW => c * h * w + y * w + x,
                         Layout::NHWC => (y * w + x) * 3 + c,

@@ -2,6 +2,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use lookout_bus::{BusConfig, Compression, KafkaOpt};
 use lookout_telemetry::LogFormat;
+use tracing::level_filters::LevelFilter;
 
 /// Options every Lookout service takes. Each is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +41,15 @@ pub struct CommonArgs {
     /// Log format on stderr.
     #[arg(long, env = "LOOKOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+
+    /// Do not publish this service's logs on the logs topic (stderr is unaffected).
+    #[arg(long, env = "LOOKOUT_NO_SHIP_LOGS")]
+    pub no_ship_logs: bool,
+
+    /// Lowest level of the events published on the logs topic: trace, debug, info, warn, error
+    /// or off. Independent of RUST_LOG, which filters stderr.
+    #[arg(long, env = "LOOKOUT_SHIP_LOGS_LEVEL", default_value = "info", value_name = "LEVEL")]
+    pub ship_logs_level: LevelFilter,
 
     /// How long to wait for work in progress after SIGINT/SIGTERM (a second signal exits at once).
     #[arg(long, env = "LOOKOUT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -114,7 +124,20 @@ mod tests {
         let cfg = cli.common.bus_config("svc");
         assert_eq!(cfg.service, "svc");
         assert!(Cli::try_parse_from(["x", "--kafka-opt", "nonsense"]).is_err());
+        assert!(!cli.common.no_ship_logs, "logs are shipped by default");
+        assert_eq!(cli.common.ship_logs_level, LevelFilter::INFO);
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("2 fortnights").is_err());
+    }
+
+    #[test]
+    fn log_shipping_options_parse() {
+        let cli =
+            Cli::try_parse_from(["x", "--no-ship-logs", "--ship-logs-level", "debug"]).unwrap();
+        assert!(cli.common.no_ship_logs);
+        assert_eq!(cli.common.ship_logs_level, LevelFilter::DEBUG);
+        let cli = Cli::try_parse_from(["x", "--ship-logs-level", "off"]).unwrap();
+        assert_eq!(cli.common.ship_logs_level, LevelFilter::OFF);
+        assert!(Cli::try_parse_from(["x", "--ship-logs-level", "loud"]).is_err());
     }
 }

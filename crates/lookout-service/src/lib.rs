@@ -1,5 +1,6 @@
 //! What every Lookout service shares: command-line and environment configuration
-//! ([`CommonArgs`]), signal handling and shutdown ([`shutdown`]), and the admin HTTP server
+//! ([`CommonArgs`]), logging with the service's logs shipped on the logs topic (unless
+//! `--no-ship-logs`), signal handling and shutdown ([`shutdown`]), and the admin HTTP server
 //! with `/livez`, `/readyz` and `/metrics` ([`admin`]).
 //!
 //! A service's `main` stays thin:
@@ -21,16 +22,19 @@ pub mod shutdown;
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use lookout_bus::Bus;
-use lookout_telemetry::Telemetry;
+use lookout_bus::{Bus, BusError};
+use lookout_telemetry::{ShipConfig, Telemetry, TelemetryError};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use admin::Readiness;
 pub use args::{CommonArgs, parse_duration};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
+
+/// How long a stopping service waits for its last log records to reach the brokers.
+const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Parses the command line (and `LOOKOUT_*` environment variables). `--help` and
 /// `--version` print and exit 0; a bad argument prints one clear message and exits 64.
@@ -73,21 +77,62 @@ impl Service {
     }
 }
 
-/// Runs a service: sets up telemetry, signals and the admin server, then runs `body` until it
-/// returns or a signal arrives; after a signal the body gets `args.shutdown_grace` to finish.
-/// Returns the process exit code (64 for configuration errors, 1 for failures).
+/// Runs a service: sets up telemetry (console logs, logs shipped on the logs topic unless
+/// `--no-ship-logs`, metrics), signals and the admin server, then runs `body` until it returns
+/// or a signal arrives; after a signal the body gets `args.shutdown_grace` to finish. The last
+/// log records are flushed before it returns. Returns the process exit code (64 for
+/// configuration errors, 1 for failures).
 pub async fn main<F, Fut>(name: &'static str, args: CommonArgs, body: F) -> ExitCode
 where
     F: FnOnce(Service) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let telemetry = match lookout_telemetry::init(args.log_format) {
+    let (telemetry, no_log_bus) = match init_telemetry(name, &args) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{name}: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Some(e) = no_log_bus {
+        // The body's own Kafka client will fail the same way and say so.
+        warn!(error = %e, "logs are not shipped: cannot create the Kafka client");
+    }
+    let code = run(name, args, telemetry.clone(), body).await;
+    if !telemetry.flush_logs(LOG_FLUSH_TIMEOUT).await {
+        eprintln!("{name}: not every log record reached the brokers");
+    }
+    code
+}
+
+/// Console logging and metrics, plus log shipping on a Kafka client of its own unless turned
+/// off. A Kafka client that cannot be created is returned, not fatal.
+fn init_telemetry(
+    name: &'static str,
+    args: &CommonArgs,
+) -> Result<(Telemetry, Option<BusError>), TelemetryError> {
+    if args.no_ship_logs {
+        return Ok((lookout_telemetry::init(args.log_format)?, None));
+    }
+    match Bus::new(args.bus_config(name)) {
+        Ok(bus) => {
+            let ship = ShipConfig::new(bus).level(args.ship_logs_level);
+            Ok((lookout_telemetry::init_with_shipping(args.log_format, ship)?, None))
+        }
+        Err(e) => Ok((lookout_telemetry::init(args.log_format)?, Some(e))),
+    }
+}
+
+async fn run<F, Fut>(
+    name: &'static str,
+    args: CommonArgs,
+    telemetry: Telemetry,
+    body: F,
+) -> ExitCode
+where
+    F: FnOnce(Service) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let shutdown = shutdown::on_signals();
     let readiness = Readiness::default();
     let admin_state = admin::AdminState::new(readiness.clone(), telemetry.clone());
@@ -98,7 +143,14 @@ where
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    info!(service = name, instance = %args.instance, admin = %admin_addr, brokers = %args.brokers, "starting");
+    info!(
+        service = name,
+        instance = %args.instance,
+        admin = %admin_addr,
+        brokers = %args.brokers,
+        ship_logs = telemetry.log_shipper().is_some(),
+        "starting",
+    );
     let grace = args.shutdown_grace;
     let svc = Service { name, args, shutdown: shutdown.clone(), readiness, admin_addr, telemetry };
     let body = body(svc);

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""`just bench-bus`: Lookout's bus against Python confluent-kafka, same broker, same run.
+
+Sets up bench/.venv (confluent-kafka, protobuf, grpcio-tools), builds the `lookout` command and
+the bus bench, starts one embedded broker (`lookout broker --listen 127.0.0.1:0`), then for
+each round runs crates/lookout-bus/benches/bus.rs and bench/bus/bench_confluent.py for each
+message size, alternating which goes first. Every run works in fresh topics under its own
+prefix; the embedded broker auto-creates them with 4 partitions on first use, for both sides.
+Prints the machine, the versions and a Markdown table of medians; the raw JSON lines go to
+bench/out/bus.jsonl.
+
+    python3 bench/bus/run.py [--rounds 5]
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import venv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV = os.path.join(ROOT, "bench", ".venv")
+OUT = os.path.join(ROOT, "bench", "out")
+PYTHON_PACKAGES = ["confluent-kafka==2.16.1", "protobuf==7.36.2", "grpcio-tools==1.85.1"]
+
+# Per size: messages per repeat, repeats per run. The embedded broker keeps at most 5 MiB per
+# partition (4 partitions here), and every repeat's messages must still be there to be read:
+# 50k Rust records of 100 B (with Lookout's ~200 B of headers) are ~15 MiB; 401 of 50 KB, ~20 MiB.
+SIZES = {100: (50_000, 4), 51_200: (400, 5)}
+
+LOOKOUT = "lookout-rust"
+PYTHON_IMPLS = {
+    "produce": [("python-confluent", "produce")],
+    "consume": [("python-confluent-poll", "consume, `poll()`"),
+                ("python-confluent-consume", "consume, `consume(1000)`")],
+}
+
+
+def sh(cmd, **kw):
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, cwd=ROOT, check=True, **kw)
+
+
+def setup_venv():
+    python = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(python):
+        venv.create(VENV, with_pip=True)
+    sh([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *PYTHON_PACKAGES])
+    return python
+
+
+def build():
+    sh(["cargo", "build", "--release", "-p", "lookout", "--bin", "lookout"])
+    out = sh(["cargo", "bench", "-p", "lookout-bus", "--bench", "bus", "--no-run",
+              "--message-format=json"], stdout=subprocess.PIPE, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "bus" \
+                and "bench" in msg["target"]["kind"]:
+            return os.path.join(ROOT, "target", "release", "lookout"), msg["executable"]
+    sys.exit("cargo did not report the bus bench executable")
+
+
+def start_broker(lookout):
+    os.makedirs(OUT, exist_ok=True)
+    log = open(os.path.join(OUT, "broker.log"), "w")
+    broker = subprocess.Popen([lookout, "broker", "--listen", "127.0.0.1:0"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=log, text=True)
+    first = broker.stdout.readline().strip()
+    m = re.fullmatch(r"listening on (\S+)", first)
+    if not m:
+        broker.kill()
+        sys.exit(f"the broker did not start: {first!r} (see bench/out/broker.log)")
+    return broker, m.group(1)
+
+
+def run_bench(cmd, notes):
+    """Runs one bench; returns its JSON lines. Retention warnings are kept as notes."""
+    print("+", " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd),
+          file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)
+    notes += [line for line in done.stderr.splitlines() if line.startswith("retention:")]
+    if done.returncode != 0:
+        sys.exit(f"bench failed with exit code {done.returncode}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def versions(python):
+    lock = open(os.path.join(ROOT, "Cargo.lock")).read()
+
+    def crate(name):
+        m = re.search(rf'name = "{name}"\nversion = "([^"]+)"', lock)
+        return m.group(1) if m else "?"
+
+    py = subprocess.run([python, "-c", (
+        "import sys, confluent_kafka, google.protobuf as p;"
+        "from google.protobuf.internal import api_implementation as a;"
+        "print(sys.version.split()[0], confluent_kafka.__version__,"
+        " confluent_kafka.libversion()[0], p.__version__, a.Type())")],
+        capture_output=True, text=True, check=True).stdout.split()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return [
+        f"machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
+        f"Lookout: {rustc.strip()}, rdkafka {crate('rdkafka')} "
+        f"(librdkafka {crate('rdkafka-sys').split('+')[-1]}), prost {crate('prost')}",
+        f"Python {py[0]}: confluent-kafka {py[1]} (librdkafka {py[2]}), "
+        f"protobuf {py[3]} ({py[4]} backend)",
+        "broker: `lookout broker` (librdkafka's mock cluster, librdkafka "
+        f"{crate('rdkafka-sys').split('+')[-1]}), topics auto-created with 4 partitions",
+    ]
+
+
+def table(results):
+    def median(impl, op, size, key):
+        xs = [r[key] for r in results if (r["impl"], r["op"], r["size"]) == (impl, op, size)]
+        return statistics.median(xs) if xs else float("nan")
+
+    rows = ["| operation | frame size | Lookout msg/s | Lookout MB/s | confluent-kafka msg/s "
+            "| confluent-kafka MB/s | Lookout / Python |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for op in ("produce", "consume"):
+        for size in SIZES:
+            ours = median(LOOKOUT, op, size, "msg_per_s")
+            ours_mb = median(LOOKOUT, op, size, "mb_per_s")
+            for impl, label in PYTHON_IMPLS[op]:
+                theirs = median(impl, op, size, "msg_per_s")
+                theirs_mb = median(impl, op, size, "mb_per_s")
+                rows.append(f"| {label} | {size:,} B | {ours:,.0f} | {ours_mb:,.1f} | "
+                            f"{theirs:,.0f} | {theirs_mb:,.1f} | {ours / theirs:.2f}× |")
+    return "\n".join(rows)
+
+
+def spread(results):
+    """Each implementation's slowest and fastest round, to judge the medians."""
+    lines = []
+    for op in ("produce", "consume"):
+        for size in SIZES:
+            for impl in [LOOKOUT] + [i for i, _ in PYTHON_IMPLS[op]]:
+                xs = [r["msg_per_s"] for r in results
+                      if (r["impl"], r["op"], r["size"]) == (impl, op, size)]
+                if xs:
+                    lines.append(f"- {op} {size:,} B {impl}: {min(xs):,.0f} .. "
+                                 f"{max(xs):,.0f} msg/s")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Lookout's bus vs Python confluent-kafka")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+
+    python = setup_venv()
+    lookout, bench = build()
+    broker, addr = start_broker(lookout)
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    results, notes = [], []
+    try:
+        for rnd in range(args.rounds):
+            for size, (messages, repeat) in SIZES.items():
+                common = ["--brokers", addr, "--size", str(size), "--messages", str(messages),
+                          "--repeat", str(repeat)]
+                rust = [bench, *common, "--prefix", f"bench{rnd}-rust-{size}."]
+                py = [python, os.path.join(ROOT, "bench", "bus", "bench_confluent.py"),
+                      *common, "--prefix", f"bench{rnd}-py-{size}."]
+                for cmd in ([rust, py] if rnd % 2 == 0 else [py, rust]):
+                    for r in run_bench(cmd, notes):
+                        r["round"] = rnd
+                        results.append(r)
+    finally:
+        broker.terminate()
+        broker.wait()
+    with open(os.path.join(OUT, "bus.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in results)
+
+    print(f"\n{time.strftime('%Y-%m-%d')}, {args.rounds} rounds in "
+          f"{time.monotonic() - started:.0f} s; medians over rounds; "
+          "MB = 10^6 bytes of encoded Frame")
+    for line in versions(python):
+        print(f"- {line}")
+    print(f"- load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print()
+    print(table(results))
+    print("\nslowest .. fastest round:")
+    print(spread(results))
+    print("\nretention: " + ("; ".join(notes) if notes else
+                             "every run read back exactly the frames it produced"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+// Lookout viewer page: a tile per camera with its live MJPEG stream, the current label from
+// the event stream, fps and latency, and a feed of recent label changes. Plain JS, no build.
+'use strict';
+
+(() => {
+  // Browsers open at most 6 HTTP/1.1 connections to one host and every MJPEG stream keeps one:
+  // the first cameras stream live, the others refresh a snapshot on each frame event, which
+  // leaves connections for the event stream and the API.
+  const MAX_LIVE_STREAMS = 4;
+  const MAX_CHANGES = 50;
+  const STALE_MS = 5000;
+
+  const overlay = new URLSearchParams(location.search).get('overlay');
+  const grid = document.getElementById('grid');
+  const empty = document.getElementById('empty');
+  const feed = document.getElementById('changes');
+  const noChanges = document.getElementById('no-changes');
+  const status = document.getElementById('status');
+  const summary = document.getElementById('summary');
+  const tiles = new Map();
+  const seenChanges = new Set();
+  // The viewer's clock minus this browser's, in ms. Each event gives a lower bound (it was
+  // sent before it arrived); the largest of the recent ones is the least delayed.
+  let skew = 0;
+  const skews = [];
+  function clockSample(sentMs) {
+    skews.push(sentMs - Date.now());
+    if (skews.length > 40) skews.shift();
+    skew = Math.max(...skews);
+  }
+  let live = 0;
+
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const camPath = (id) => '/cameras/' + encodeURIComponent(id);
+  const pct = (s) => Math.round(s * 100) + '%';
+  const ms = (v) => (v < 1000 ? Math.round(v) + ' ms' : (v / 1000).toFixed(1) + ' s');
+  const clock = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+
+  function streamUrl(id) {
+    let url = camPath(id) + '/stream.mjpeg';
+    if (overlay !== null) url += '?overlay=' + encodeURIComponent(overlay);
+    return url;
+  }
+
+  function startImage(t) {
+    if (t.live) {
+      t.img.src = streamUrl(t.id) + (t.img.src ? (overlay !== null ? '&' : '?') + 'r=' + Date.now() : '');
+    } else {
+      refreshSnapshot(t);
+    }
+  }
+
+  // One snapshot request at a time per tile; the image keeps showing until the next loaded.
+  function refreshSnapshot(t) {
+    if (t.loading) return;
+    t.loading = true;
+    t.img.src = camPath(t.id) + '/snapshot.jpg?s=' + t.seq;
+  }
+
+  function tile(id) {
+    let t = tiles.get(id);
+    if (t) return t;
+    const root = el('article', 'tile');
+    root.dataset.camera = id;
+    const video = el('div', 'video');
+    const img = el('img');
+    img.alt = 'Live view of ' + id;
+    const badge = el('span', 'badge', 'LIVE');
+    video.append(img, badge);
+    const label = el('span', 'label none', 'waiting for a label');
+    const score = el('span', 'score');
+    const head = el('div', 'head');
+    head.append(label, score);
+    const bar = el('div', 'bar');
+    const fill = el('div', 'fill');
+    bar.append(fill);
+    const fps = el('span', 'fps', '– fps');
+    const latency = el('span', 'latency', '– latency');
+    latency.title = 'capture time to shown, against the viewer\u2019s clock';
+    const size = el('span', 'size');
+    const meta = el('div', 'meta');
+    meta.append(el('span', 'cam', id), fps, latency, size);
+    const info = el('div', 'info');
+    info.append(head, bar, meta);
+    root.append(video, info);
+
+    t = { id, root, video, img, badge, label, score, fill, fps, latency, size,
+          seq: -1, labelSeq: -1, lastFrame: 0, live: live < MAX_LIVE_STREAMS, loading: false };
+    if (t.live) live += 1;
+    img.addEventListener('load', () => { t.loading = false; });
+    img.addEventListener('error', () => {
+      t.loading = false;
+      if (t.live) setTimeout(() => startImage(t), 2000);
+    });
+    tiles.set(id, t);
+
+    const after = [...tiles.keys()].sort().find((k) => k > id);
+    grid.insertBefore(root, after ? tiles.get(after).root : null);
+    empty.hidden = true;
+    summary.textContent = tiles.size + (tiles.size === 1 ? ' camera' : ' cameras');
+    startImage(t);
+    return t;
+  }
+
+  function onFrame(f) {
+    const t = tile(f.camera);
+    if (f.sequence <= t.seq) return;
+    t.seq = f.sequence;
+    t.root.dataset.sequence = String(f.sequence);
+    t.lastFrame = Date.now();
+    t.root.classList.remove('stale');
+    t.badge.textContent = 'LIVE';
+    if (f.sent_ms) clockSample(f.sent_ms);
+    if (f.fps !== undefined) t.fps.textContent = f.fps.toFixed(1) + ' fps';
+    if (f.capture_ms) t.latency.textContent = ms(Math.max(0, Date.now() + skew - f.capture_ms)) + ' latency';
+    if (f.width && f.height) {
+      t.size.textContent = f.width + '×' + f.height;
+      t.video.style.aspectRatio = f.width + ' / ' + f.height;
+    }
+    if (!t.live) refreshSnapshot(t);
+  }
+
+  function onLabel(camera, p) {
+    const t = tile(camera);
+    if (p.sequence <= t.labelSeq) return; // predictions arrive out of order: never step back
+    t.labelSeq = p.sequence;
+    t.root.dataset.labelSequence = String(p.sequence);
+    t.root.dataset.label = p.name;
+    t.label.textContent = p.name;
+    t.label.classList.remove('none');
+    t.label.title = p.name + (p.model ? ' (' + p.model + ')' : '');
+    t.score.textContent = pct(p.score);
+    t.fill.style.width = pct(p.score);
+    t.fill.classList.toggle('low', p.score < 0.4);
+  }
+
+  function onChange(c, fresh) {
+    const key = c.camera + '\u0000' + c.sequence;
+    if (seenChanges.has(key)) return;
+    seenChanges.add(key);
+    const li = el('li', fresh ? 'fresh' : '');
+    const what = el('span', 'what');
+    what.append(el('span', 'cam', c.camera), ' ');
+    if (c.previous) what.append(el('span', 'old', c.previous.name), ' → ');
+    what.append(el('span', 'new', c.current ? c.current.name : '?'));
+    if (c.current) what.append(' ', el('span', 'muted', pct(c.current.score)));
+    li.append(el('span', 'time', c.time_ms ? clock(c.time_ms) : ''), what);
+    if (fresh) feed.prepend(li); else feed.append(li);
+    while (feed.children.length > MAX_CHANGES) feed.lastElementChild.remove();
+    noChanges.hidden = true;
+    const t = tiles.get(c.camera);
+    if (fresh && t) {
+      t.root.classList.add('changed');
+      setTimeout(() => t.root.classList.remove('changed'), 1500);
+    }
+  }
+
+  async function load() {
+    try {
+      const [cameras, changes] = await Promise.all([
+        fetch('/api/cameras').then((r) => r.json()),
+        fetch('/api/changes').then((r) => r.json()),
+      ]);
+      for (const c of cameras) {
+        const t = tile(c.id);
+        if (c.sequence !== null && c.sequence > t.seq) {
+          t.seq = c.sequence;
+          t.root.dataset.sequence = String(c.sequence);
+          t.lastFrame = Date.now();
+          t.fps.textContent = c.fps.toFixed(1) + ' fps';
+          if (c.width && c.height) {
+            t.size.textContent = c.width + '×' + c.height;
+            t.video.style.aspectRatio = c.width + ' / ' + c.height;
+          }
+        }
+        if (c.label) onLabel(c.id, c.label);
+      }
+      for (const c of changes) onChange(c, false);
+    } catch (e) {
+      console.warn('cannot load the viewer state', e);
+    }
+  }
+
+  function connect() {
+    const events = new EventSource('/api/events');
+    let wasDown = false;
+    const on = (name, fn) => events.addEventListener(name, (e) => fn(JSON.parse(e.data)));
+    on('hello', (h) => clockSample(h.server_ms));
+    on('frame', onFrame);
+    on('prediction', (p) => onLabel(p.camera, { sequence: p.sequence, name: p.label, score: p.score, model: p.model }));
+    on('change', (c) => onChange(c, true));
+    events.onopen = () => {
+      status.dataset.state = 'live';
+      status.textContent = 'live';
+      if (wasDown) {
+        wasDown = false;
+        for (const t of tiles.values()) startImage(t);
+        load();
+      }
+    };
+    events.onerror = () => {
+      wasDown = true;
+      status.dataset.state = 'down';
+      status.textContent = 'reconnecting';
+    };
+  }
+
+  setInterval(() => {
+    const now = Date.now();
+    for (const t of tiles.values()) {
+      if (t.lastFrame && now - t.lastFrame > STALE_MS && !t.root.classList.contains('stale')) {
+        t.root.classList.add('stale');
+        t.badge.textContent = 'NO SIGNAL';
+        t.fps.textContent = '0.0 fps';
+      }
+    }
+  }, 1000);
+
+  connect();
+  load();
+})();

@@ -1,0 +1,168 @@
+//! `lookout-viewer`: live camera video with labels in the browser, for any number of viewers.
+//!
+//! The viewer reads three topics in the bus's live mode (no consumer group, starting at the
+//! newest message): frames, predictions and prediction changes, one subscription each per
+//! viewer process, whatever the number of clients. They feed a [`ViewerState`]:
+//!
+//! - per camera, the newest frame in a `watch` slot: every MJPEG client takes the newest frame
+//!   when its connection is ready for more, so a slow client skips ahead instead of queueing
+//!   or slowing the others, and the JPEG bytes are shared, never copied per client;
+//! - per camera, the label of the prediction with the highest frame sequence seen (predictor
+//!   replicas publish out of order; the label never steps back);
+//! - a bounded ring of recent prediction changes;
+//! - JSON events, serialised once and fanned out to event clients over a bounded broadcast
+//!   channel (a lagging client skips).
+//!
+//! Modules: [`http`] (the router, [`app`]), `mjpeg` (multipart bodies), `events` (SSE),
+//! `overlay` (the label burned into frames, rendered once per frame per camera), `assets`
+//! (the page, compiled in), [`metrics`] (metric names).
+//!
+//! Every stream ends when the shutdown token is cancelled, so a graceful shutdown of the HTTP
+//! server never waits on an endless MJPEG body.
+
+mod assets;
+mod error;
+mod events;
+pub mod http;
+pub mod metrics;
+mod mjpeg;
+mod overlay;
+mod service;
+mod state;
+
+use std::net::SocketAddr;
+
+use lookout_bus::{Bus, BusError, Incoming, topics};
+use lookout_proto::v1::{Frame, Prediction, PredictionChange};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use error::{ApiError, ViewerError};
+pub use http::app;
+pub use service::{Args, main};
+pub use state::{
+    CameraInfo, ChangeInfo, CurrentLabel, Event, LabelView, RECENT_CHANGES, ViewerConfig,
+    ViewerState,
+};
+
+/// The viewer's own options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViewerArgs {
+    /// Address of the web page and streams (0.0.0.0:8080 to serve other machines).
+    #[arg(long, env = "LOOKOUT_VIEWER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Concurrent stream clients (MJPEG streams and event streams); more get 503.
+    #[arg(long, env = "LOOKOUT_VIEWER_MAX_CLIENTS", default_value_t = 64)]
+    pub max_clients: usize,
+
+    /// Cameras tracked; frames of further cameras are dropped.
+    #[arg(long, env = "LOOKOUT_VIEWER_MAX_CAMERAS", default_value_t = 256)]
+    pub max_cameras: usize,
+
+    /// Burn the label into streams unless a client asks for `?overlay=0`.
+    #[arg(long, env = "LOOKOUT_VIEWER_OVERLAY_DEFAULT")]
+    pub overlay_default: bool,
+
+    /// JPEG quality of overlay frames (1-100).
+    #[arg(long, env = "LOOKOUT_VIEWER_OVERLAY_QUALITY", default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub overlay_quality: u8,
+}
+
+impl ViewerArgs {
+    /// The state's configuration.
+    pub fn config(&self) -> ViewerConfig {
+        ViewerConfig {
+            max_clients: self.max_clients,
+            max_cameras: self.max_cameras,
+            overlay_default: self.overlay_default,
+            overlay_quality: self.overlay_quality,
+        }
+    }
+}
+
+/// Runs the viewer on `listener` until `shutdown` is cancelled: the live subscriptions and
+/// the web server. A failure of either cancels `shutdown` and is returned.
+pub async fn run(
+    args: ViewerArgs,
+    listener: TcpListener,
+    bus: Bus,
+    shutdown: CancellationToken,
+) -> Result<(), ViewerError> {
+    let state = ViewerState::new(args.config(), shutdown.clone());
+    let following = async {
+        let r = follow(&bus, state.clone(), shutdown.clone()).await;
+        if r.is_err() {
+            shutdown.cancel();
+        }
+        r
+    };
+    let serving = async {
+        let r = serve(listener, state.clone(), shutdown.clone()).await;
+        if r.is_err() {
+            shutdown.cancel();
+        }
+        r
+    };
+    let (followed, served) = tokio::join!(following, serving);
+    followed?;
+    served
+}
+
+/// Serves [`app`] on `listener` until `shutdown` is cancelled; open streams end then, so this
+/// returns promptly.
+pub async fn serve(
+    listener: TcpListener,
+    state: ViewerState,
+    shutdown: CancellationToken,
+) -> Result<(), ViewerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ViewerError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
+    info!(addr = %addr, url = %format!("http://{addr}/"), "viewer listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|source| ViewerError::Serve { addr, source })?;
+    info!(addr = %addr, "viewer stopped serving");
+    Ok(())
+}
+
+/// Feeds `state` from the frames, predictions and changes topics (live mode) until
+/// `shutdown` is cancelled.
+pub async fn follow(
+    bus: &Bus,
+    state: ViewerState,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let frames = {
+        let state = state.clone();
+        bus.live(&topics::FRAMES).run(
+            move |m: Incoming<Frame>| {
+                state.on_frame(m.message);
+                std::future::ready(Ok(()))
+            },
+            shutdown.clone(),
+        )
+    };
+    let predictions = {
+        let state = state.clone();
+        bus.live(&topics::PREDICTIONS).run(
+            move |m: Incoming<Prediction>| {
+                state.on_prediction(&m.message);
+                std::future::ready(Ok(()))
+            },
+            shutdown.clone(),
+        )
+    };
+    let changes = bus.live(&topics::CHANGES).run(
+        move |m: Incoming<PredictionChange>| {
+            state.on_change(&m.message);
+            std::future::ready(Ok(()))
+        },
+        shutdown,
+    );
+    tokio::try_join!(frames, predictions, changes)?;
+    Ok(())
+}

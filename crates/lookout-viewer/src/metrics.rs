@@ -1,0 +1,27 @@
+//! Metric names of the viewer.
+
+/// Frames taken from the frames topic (`outcome`: shown, out_of_order, bad_frame,
+/// too_many_cameras).
+pub const FRAMES_RECEIVED: &str = "lookout_viewer_frames_received_total";
+/// Predictions taken from the predictions topic (`outcome`: applied, stale, empty).
+pub const PREDICTIONS_RECEIVED: &str = "lookout_viewer_predictions_received_total";
+/// Prediction changes taken from the changes topic.
+pub const CHANGES_RECEIVED: &str = "lookout_viewer_changes_received_total";
+/// Clients connected now (`kind`: mjpeg, overlay, events).
+pub const CLIENTS: &str = "lookout_viewer_clients";
+/// Clients connected since start (`kind`).
+pub const CLIENTS_TOTAL: &str = "lookout_viewer_clients_total";
+/// Stream clients refused because `--max-clients` were connected.
+pub const CLIENTS_REJECTED: &str = "lookout_viewer_clients_rejected_total";
+/// MJPEG parts written to clients (`kind`).
+pub const PARTS_SENT: &str = "lookout_viewer_parts_sent_total";
+/// Frames a slow MJPEG client skipped because a newer one was there when it was ready (`kind`).
+pub const FRAMES_SKIPPED: &str = "lookout_viewer_frames_skipped_total";
+/// Events a slow event client skipped.
+pub const EVENTS_SKIPPED: &str = "lookout_viewer_events_skipped_total";
+/// From a frame's capture to its part being handed to a client's connection.
+pub const CAPTURE_TO_SHOWN_SECONDS: &str = "lookout_viewer_capture_to_shown_seconds";
+/// Overlay frames rendered (`outcome`: rendered, failed).
+pub const OVERLAY_RENDERS: &str = "lookout_viewer_overlay_renders_total";
+/// Time to decode, draw and encode one overlay frame.
+pub const OVERLAY_RENDER_SECONDS: &str = "lookout_viewer_overlay_render_seconds";

@@ -1,0 +1,651 @@
+//! The viewer's in-memory state, fed by the three live subscriptions and read by every client.
+//!
+//! - Per camera a [`watch`] slot holds the newest frame: a client that falls behind skips to
+//!   whatever is newest when it is ready again, nothing queues per client, and the JPEG bytes
+//!   are shared (`Bytes`), never copied per client.
+//! - Per camera the current label is the prediction with the highest frame sequence seen;
+//!   predictions of replicas arrive out of order and an older one never replaces a newer one.
+//! - Recent prediction changes are kept in a bounded ring for `/api/changes`.
+//! - Events for `/api/events` are serialised once and fanned out over a bounded
+//!   [`broadcast`] channel; a lagging event client skips what it missed.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use lookout_proto::v1::{Encoding, Frame, Label, Prediction, PredictionChange};
+use serde::Serialize;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics as m;
+
+/// Prediction changes kept for `/api/changes`.
+pub const RECENT_CHANGES: usize = 50;
+/// Events buffered per event client before it skips ahead.
+const EVENT_BUFFER: usize = 256;
+/// At most this many `frame` events per camera and second (every 250 ms).
+const FRAME_EVENT_INTERVAL: Duration = Duration::from_millis(250);
+/// The frame rate is measured over this window.
+const FPS_WINDOW: Duration = Duration::from_secs(2);
+/// Bound on the arrival times kept for the frame rate (1000 fps over the window).
+const FPS_SAMPLES: usize = 2000;
+
+/// Limits and defaults of a viewer.
+#[derive(Debug, Clone)]
+pub struct ViewerConfig {
+    /// Concurrent MJPEG and event streams; more are refused with 503.
+    pub max_clients: usize,
+    /// Cameras tracked; frames of further cameras are dropped and counted.
+    pub max_cameras: usize,
+    /// Whether streams carry the label overlay unless the client asks `?overlay=0`.
+    pub overlay_default: bool,
+    /// JPEG quality of overlay frames (1–100).
+    pub overlay_quality: u8,
+}
+
+impl Default for ViewerConfig {
+    fn default() -> Self {
+        Self { max_clients: 64, max_cameras: 256, overlay_default: false, overlay_quality: 80 }
+    }
+}
+
+/// One frame as clients see it: the JPEG bytes exactly as the camera sent them (or, in an
+/// overlay slot, as rendered once for every overlay client).
+#[derive(Debug)]
+pub(crate) struct ShownFrame {
+    pub(crate) sequence: u64,
+    /// Counts the frames this camera's slot accepted, so a client can count what it skipped.
+    pub(crate) index: u64,
+    pub(crate) captured: Option<SystemTime>,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) jpeg: Bytes,
+}
+
+/// The latest frame of a camera, or nothing yet.
+pub(crate) type Slot = Option<Arc<ShownFrame>>;
+
+/// An event for `/api/events`, serialised once for every client.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The SSE event name: `frame`, `prediction` or `change`.
+    pub kind: &'static str,
+    /// The JSON payload.
+    pub data: Arc<str>,
+}
+
+/// The current label of a camera.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurrentLabel {
+    /// The frame sequence the label was predicted for.
+    pub sequence: u64,
+    /// The top class.
+    pub name: String,
+    /// Its score in [0, 1].
+    pub score: f32,
+    /// The model's name.
+    pub model: String,
+    /// Capture time of the labelled frame, Unix milliseconds.
+    pub capture_ms: Option<i64>,
+}
+
+/// What `/api/cameras` says about a camera.
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraInfo {
+    /// Camera id.
+    pub id: String,
+    /// Frames per second received over the last two seconds.
+    pub fps: f64,
+    /// Sequence of the newest frame, if any arrived.
+    pub sequence: Option<u64>,
+    /// Capture time of the newest frame, Unix milliseconds.
+    pub capture_ms: Option<i64>,
+    /// When the newest frame arrived here, Unix milliseconds.
+    pub received_ms: Option<i64>,
+    /// Frame width in pixels, as the frame header says.
+    pub width: Option<u32>,
+    /// Frame height in pixels.
+    pub height: Option<u32>,
+    /// The label with the highest frame sequence seen.
+    pub label: Option<CurrentLabel>,
+}
+
+/// A label in a change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelView {
+    /// Class name.
+    pub name: String,
+    /// Score in [0, 1].
+    pub score: f32,
+}
+
+/// What `/api/changes` and the `change` event say about a prediction change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangeInfo {
+    /// Camera id.
+    pub camera: String,
+    /// Frame where the new label started.
+    pub sequence: u64,
+    /// Capture time of that frame, Unix milliseconds.
+    pub time_ms: Option<i64>,
+    /// The label before, unset for a camera's first label.
+    pub previous: Option<LabelView>,
+    /// The new label.
+    pub current: Option<LabelView>,
+    /// Model name.
+    pub model: String,
+    /// Id of the stored change.
+    pub change_id: i64,
+}
+
+#[derive(Serialize)]
+struct FrameEvent<'a> {
+    camera: &'a str,
+    sequence: u64,
+    capture_ms: Option<i64>,
+    fps: f64,
+    width: u32,
+    height: u32,
+    /// When the viewer sent the event, so a page can relate its clock to the viewer's.
+    sent_ms: i64,
+}
+
+#[derive(Serialize)]
+struct PredictionEvent<'a> {
+    camera: &'a str,
+    sequence: u64,
+    label: &'a str,
+    score: f32,
+    model: &'a str,
+    capture_ms: Option<i64>,
+    top: Vec<LabelView>,
+}
+
+/// The viewer's shared state; clones share it.
+#[derive(Debug, Clone)]
+pub struct ViewerState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ViewerConfig,
+    cameras: RwLock<BTreeMap<String, Arc<Camera>>>,
+    camera_limit_warned: AtomicBool,
+    changes: Mutex<VecDeque<ChangeInfo>>,
+    events: broadcast::Sender<Event>,
+    clients: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+/// One camera: its frame slots and what is known about it.
+#[derive(Debug)]
+pub(crate) struct Camera {
+    pub(crate) id: String,
+    /// The newest frame, as sent by the camera.
+    pub(crate) frames: watch::Sender<Slot>,
+    /// The newest frame with the label burned in; filled only while someone watches it.
+    pub(crate) overlay: watch::Sender<Slot>,
+    /// Wakes the overlay renderer when an overlay client arrives.
+    pub(crate) overlay_wanted: Notify,
+    /// Bumped when the top label's name changes, so the overlay is redrawn at once.
+    pub(crate) label_names: watch::Sender<u64>,
+    pub(crate) renderer_started: AtomicBool,
+    pub(crate) overlay_renders: AtomicU64,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    arrivals: VecDeque<Instant>,
+    received: Option<SystemTime>,
+    last_frame_event: Option<Instant>,
+    label: Option<CurrentLabel>,
+}
+
+impl Camera {
+    fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            frames: watch::Sender::new(None),
+            overlay: watch::Sender::new(None),
+            overlay_wanted: Notify::new(),
+            label_names: watch::Sender::new(0),
+            renderer_started: AtomicBool::new(false),
+            overlay_renders: AtomicU64::new(0),
+            stats: Mutex::new(Stats::default()),
+        }
+    }
+
+    /// The newest frame, if any.
+    pub(crate) fn latest(&self) -> Slot {
+        self.frames.borrow().clone()
+    }
+
+    /// The current label, if any.
+    pub(crate) fn label(&self) -> Option<CurrentLabel> {
+        self.stats.lock().expect("not poisoned").label.clone()
+    }
+
+    /// Puts `frame` in the slot unless a frame with an equal or higher sequence is there.
+    /// Returns the slot's new frame.
+    fn offer(&self, frame: Frame, captured: Option<SystemTime>) -> Option<Arc<ShownFrame>> {
+        let mut shown = None;
+        self.frames.send_if_modified(|slot| {
+            let index = match slot {
+                Some(current) if current.sequence >= frame.sequence => return false,
+                Some(current) => current.index + 1,
+                None => 0,
+            };
+            let new = Arc::new(ShownFrame {
+                sequence: frame.sequence,
+                index,
+                captured,
+                width: frame.width,
+                height: frame.height,
+                jpeg: frame.data.clone(),
+            });
+            shown = Some(new.clone());
+            *slot = Some(new);
+            true
+        });
+        shown
+    }
+
+    fn info(&self) -> CameraInfo {
+        let frame = self.latest();
+        let mut stats = self.stats.lock().expect("not poisoned");
+        let fps = stats.fps(Instant::now());
+        CameraInfo {
+            id: self.id.clone(),
+            fps,
+            sequence: frame.as_ref().map(|f| f.sequence),
+            capture_ms: frame.as_ref().and_then(|f| f.captured).map(unix_ms),
+            received_ms: stats.received.map(unix_ms),
+            width: frame.as_ref().map(|f| f.width),
+            height: frame.as_ref().map(|f| f.height),
+            label: stats.label.clone(),
+        }
+    }
+}
+
+impl Stats {
+    /// Frames per second over the last [`FPS_WINDOW`].
+    fn fps(&mut self, now: Instant) -> f64 {
+        while self.arrivals.front().is_some_and(|t| now.duration_since(*t) > FPS_WINDOW) {
+            self.arrivals.pop_front();
+        }
+        match (self.arrivals.front(), self.arrivals.back()) {
+            (Some(first), Some(last)) if self.arrivals.len() >= 2 => {
+                let span = last.duration_since(*first).as_secs_f64();
+                if span > 0.0 { (self.arrivals.len() - 1) as f64 / span } else { 0.0 }
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+impl ViewerState {
+    /// Empty state; streams and event clients end when `shutdown` is cancelled.
+    pub fn new(config: ViewerConfig, shutdown: CancellationToken) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let clients = Arc::new(Semaphore::new(config.max_clients));
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                cameras: RwLock::new(BTreeMap::new()),
+                camera_limit_warned: AtomicBool::new(false),
+                changes: Mutex::new(VecDeque::with_capacity(RECENT_CHANGES)),
+                events,
+                clients,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ViewerConfig {
+        &self.inner.config
+    }
+
+    /// Cancelled when the viewer shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Takes a frame from the frames topic. Frames older than the camera's newest are dropped
+    /// (frames are spread over partitions, so they arrive slightly out of order).
+    pub fn on_frame(&self, frame: Frame) {
+        if frame.encoding() != Encoding::Jpeg || frame.data.is_empty() {
+            metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "bad_frame").increment(1);
+            debug!(camera_id = %frame.camera_id, sequence = frame.sequence, encoding = frame.encoding, "not a JPEG frame; skipped");
+            return;
+        }
+        let Some(camera) = self.camera_or_insert(&frame.camera_id) else {
+            metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "too_many_cameras").increment(1);
+            return;
+        };
+        let captured = frame.capture_time.as_ref().and_then(lookout_proto::system_time);
+        let Some(shown) = camera.offer(frame, captured) else {
+            metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "out_of_order").increment(1);
+            return;
+        };
+        metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "shown").increment(1);
+
+        let now = Instant::now();
+        let mut stats = camera.stats.lock().expect("not poisoned");
+        stats.received = Some(SystemTime::now());
+        if stats.arrivals.len() >= FPS_SAMPLES {
+            stats.arrivals.pop_front();
+        }
+        stats.arrivals.push_back(now);
+        // Frame events are throttled per camera: pages need the fps and latency, not every frame.
+        if stats.last_frame_event.is_some_and(|t| now.duration_since(t) < FRAME_EVENT_INTERVAL) {
+            return;
+        }
+        stats.last_frame_event = Some(now);
+        let fps = stats.fps(now);
+        drop(stats);
+        let event = FrameEvent {
+            camera: &camera.id,
+            sequence: shown.sequence,
+            capture_ms: shown.captured.map(unix_ms),
+            fps: (fps * 10.0).round() / 10.0,
+            width: shown.width,
+            height: shown.height,
+            sent_ms: unix_ms(SystemTime::now()),
+        };
+        self.publish("frame", &event);
+    }
+
+    /// Takes a prediction. Returns whether it became the camera's current label: only a
+    /// prediction for a higher frame sequence than the current label's does.
+    pub fn on_prediction(&self, prediction: &Prediction) -> bool {
+        let Some(top) = prediction.top_k.first() else {
+            metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "empty").increment(1);
+            return false;
+        };
+        let Some(camera) = self.camera_or_insert(&prediction.camera_id) else {
+            return false;
+        };
+        let model = prediction.model.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        let label = CurrentLabel {
+            sequence: prediction.frame_sequence,
+            name: top.name.clone(),
+            score: top.score,
+            model,
+            capture_ms: prediction
+                .capture_time
+                .as_ref()
+                .and_then(lookout_proto::system_time)
+                .map(unix_ms),
+        };
+        let renamed = {
+            let mut stats = camera.stats.lock().expect("not poisoned");
+            if stats.label.as_ref().is_some_and(|l| l.sequence >= label.sequence) {
+                metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "stale").increment(1);
+                return false;
+            }
+            let renamed = stats.label.as_ref().is_none_or(|l| l.name != label.name);
+            stats.label = Some(label.clone());
+            renamed
+        };
+        if renamed {
+            camera.label_names.send_modify(|n| *n += 1);
+        }
+        metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "applied").increment(1);
+        let event = PredictionEvent {
+            camera: &camera.id,
+            sequence: label.sequence,
+            label: &label.name,
+            score: label.score,
+            model: &label.model,
+            capture_ms: label.capture_ms,
+            top: prediction.top_k.iter().take(3).map(label_view).collect(),
+        };
+        self.publish("prediction", &event);
+        true
+    }
+
+    /// Takes a prediction change (stored by the recorder). A change already kept is ignored.
+    pub fn on_change(&self, change: &PredictionChange) {
+        let info = ChangeInfo {
+            camera: change.camera_id.clone(),
+            sequence: change.frame_sequence,
+            time_ms: change.time.as_ref().and_then(lookout_proto::system_time).map(unix_ms),
+            previous: change.previous.as_ref().map(label_view),
+            current: change.current.as_ref().map(label_view),
+            model: change.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+            change_id: change.change_id,
+        };
+        {
+            let mut changes = self.inner.changes.lock().expect("not poisoned");
+            if changes.iter().any(|c| c.camera == info.camera && c.sequence == info.sequence) {
+                return;
+            }
+            if changes.len() >= RECENT_CHANGES {
+                changes.pop_front();
+            }
+            changes.push_back(info.clone());
+        }
+        metrics::counter!(m::CHANGES_RECEIVED).increment(1);
+        self.publish("change", &info);
+    }
+
+    /// Every camera seen, by id.
+    pub fn cameras(&self) -> Vec<CameraInfo> {
+        let cameras: Vec<Arc<Camera>> =
+            self.inner.cameras.read().expect("not poisoned").values().cloned().collect();
+        cameras.iter().map(|c| c.info()).collect()
+    }
+
+    /// The ids of every camera seen.
+    pub fn camera_ids(&self) -> Vec<String> {
+        self.inner.cameras.read().expect("not poisoned").keys().cloned().collect()
+    }
+
+    /// The recent prediction changes, newest first.
+    pub fn changes(&self) -> Vec<ChangeInfo> {
+        self.inner.changes.lock().expect("not poisoned").iter().rev().cloned().collect()
+    }
+
+    /// The current label of a camera.
+    pub fn label(&self, camera: &str) -> Option<CurrentLabel> {
+        self.camera(camera)?.label()
+    }
+
+    /// How many overlay frames were rendered for a camera (once per frame, whatever the
+    /// number of overlay clients).
+    pub fn overlay_renders(&self, camera: &str) -> Option<u64> {
+        Some(self.camera(camera)?.overlay_renders.load(Ordering::Relaxed))
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// A permit for one more stream client, or `None` at the limit.
+    pub(crate) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.clients.clone().try_acquire_owned().ok()
+    }
+
+    pub(crate) fn camera(&self, id: &str) -> Option<Arc<Camera>> {
+        self.inner.cameras.read().expect("not poisoned").get(id).cloned()
+    }
+
+    fn camera_or_insert(&self, id: &str) -> Option<Arc<Camera>> {
+        if let Some(c) = self.camera(id) {
+            return Some(c);
+        }
+        let mut cameras = self.inner.cameras.write().expect("not poisoned");
+        if let Some(c) = cameras.get(id) {
+            return Some(c.clone());
+        }
+        if cameras.len() >= self.inner.config.max_cameras {
+            if !self.inner.camera_limit_warned.swap(true, Ordering::Relaxed) {
+                warn!(camera_id = %id, max_cameras = self.inner.config.max_cameras, "camera limit reached; frames of further cameras are dropped");
+            }
+            return None;
+        }
+        debug!(camera_id = %id, "new camera");
+        let camera = Arc::new(Camera::new(id));
+        cameras.insert(id.to_owned(), camera.clone());
+        Some(camera)
+    }
+
+    fn publish(&self, kind: &'static str, payload: &impl Serialize) {
+        if self.inner.events.receiver_count() == 0 {
+            return;
+        }
+        match serde_json::to_string(payload) {
+            Ok(json) => {
+                let _ = self.inner.events.send(Event { kind, data: json.into() });
+            }
+            Err(e) => warn!(kind, error = %e, "cannot serialise an event"),
+        }
+    }
+}
+
+fn label_view(label: &Label) -> LabelView {
+    LabelView { name: label.name.clone(), score: label.score }
+}
+
+/// Unix milliseconds (negative before 1970).
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lookout_proto::v1::ModelRef;
+
+    use super::*;
+
+    fn frame(camera: &str, sequence: u64) -> Frame {
+        Frame {
+            camera_id: camera.into(),
+            sequence,
+            capture_time: Some(lookout_proto::timestamp(SystemTime::now())),
+            width: 4,
+            height: 3,
+            encoding: Encoding::Jpeg.into(),
+            data: Bytes::from_static(b"\xff\xd8 jpeg"),
+        }
+    }
+
+    fn prediction(camera: &str, sequence: u64, label: &str) -> Prediction {
+        Prediction {
+            camera_id: camera.into(),
+            frame_sequence: sequence,
+            model: Some(ModelRef { name: "m".into(), version: "1".into() }),
+            top_k: vec![Label { class_id: 1, name: label.into(), score: 0.5 }],
+            ..Default::default()
+        }
+    }
+
+    fn state() -> ViewerState {
+        ViewerState::new(ViewerConfig::default(), CancellationToken::new())
+    }
+
+    #[test]
+    fn the_slot_keeps_the_newest_frame_and_shares_its_bytes() {
+        let s = state();
+        let f = frame("cam", 5);
+        let data = f.data.clone();
+        s.on_frame(f);
+        s.on_frame(frame("cam", 3));
+        let latest = s.camera("cam").unwrap().latest().unwrap();
+        assert_eq!(latest.sequence, 5, "an older frame never replaces a newer one");
+        assert_eq!(latest.jpeg.as_ptr(), data.as_ptr(), "the JPEG bytes are not copied");
+        s.on_frame(frame("cam", 6));
+        let latest = s.camera("cam").unwrap().latest().unwrap();
+        assert_eq!((latest.sequence, latest.index), (6, 1));
+    }
+
+    #[test]
+    fn labels_never_step_back() {
+        let s = state();
+        assert!(s.on_prediction(&prediction("cam", 10, "espresso")));
+        assert!(!s.on_prediction(&prediction("cam", 8, "tabby")));
+        assert!(!s.on_prediction(&prediction("cam", 10, "tabby")), "a duplicate is ignored");
+        assert_eq!(s.label("cam").unwrap().name, "espresso");
+        assert!(s.on_prediction(&prediction("cam", 11, "tabby")));
+        assert_eq!(s.label("cam").unwrap().name, "tabby");
+    }
+
+    #[test]
+    fn non_jpeg_frames_and_cameras_beyond_the_limit_are_dropped() {
+        let s = ViewerState::new(
+            ViewerConfig { max_cameras: 1, ..ViewerConfig::default() },
+            CancellationToken::new(),
+        );
+        let mut png = frame("a", 1);
+        png.encoding = Encoding::Unspecified.into();
+        s.on_frame(png);
+        assert!(s.camera_ids().is_empty());
+        s.on_frame(frame("a", 1));
+        s.on_frame(frame("b", 1));
+        assert_eq!(s.camera_ids(), vec!["a".to_owned()]);
+    }
+
+    #[test]
+    fn changes_are_a_bounded_ring_newest_first_without_duplicates() {
+        let s = state();
+        for seq in 0..(RECENT_CHANGES as u64 + 10) {
+            let change = PredictionChange {
+                camera_id: "cam".into(),
+                frame_sequence: seq,
+                current: Some(Label { class_id: 0, name: format!("l{seq}"), score: 1.0 }),
+                ..Default::default()
+            };
+            s.on_change(&change);
+            s.on_change(&change);
+        }
+        let changes = s.changes();
+        assert_eq!(changes.len(), RECENT_CHANGES);
+        assert_eq!(changes[0].sequence, RECENT_CHANGES as u64 + 9);
+        assert_eq!(changes.last().unwrap().sequence, 10);
+    }
+
+    #[test]
+    fn fps_counts_arrivals_in_the_window() {
+        let mut stats = Stats::default();
+        let start = Instant::now();
+        for i in 0..21 {
+            stats.arrivals.push_back(start + Duration::from_millis(50 * i));
+        }
+        let fps = stats.fps(start + Duration::from_secs(1));
+        assert!((fps - 20.0).abs() < 0.01, "{fps}");
+        assert_eq!(stats.fps(start + Duration::from_secs(10)), 0.0, "a silent camera has 0 fps");
+    }
+
+    #[tokio::test]
+    async fn events_are_throttled_per_camera_and_serialised_once() {
+        let s = state();
+        let mut events = s.subscribe_events();
+        for seq in 1..=20 {
+            s.on_frame(frame("cam", seq));
+        }
+        s.on_prediction(&prediction("cam", 20, "espresso"));
+        let first = events.recv().await.unwrap();
+        assert_eq!(first.kind, "frame");
+        let v: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+        assert_eq!(v["sequence"], 1);
+        let second = events.recv().await.unwrap();
+        assert_eq!(second.kind, "prediction", "frames within 250 ms send no more frame events");
+        let v: serde_json::Value = serde_json::from_str(&second.data).unwrap();
+        assert_eq!(v["label"], "espresso");
+    }
+}

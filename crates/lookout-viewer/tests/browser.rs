@@ -1,0 +1,240 @@
+//! The whole live path in a real browser: embedded broker, the real predictor, the viewer, and
+//! headless Chromium (Debian's `chromium`, driven by the npm package `playwright-core`, which
+//! this test installs under the target directory) opening the page.
+//!
+//! Needs `/usr/bin/chromium` (or `LOOKOUT_CHROMIUM`), `node` and `npm`; `.ci/run` installs
+//! them. A missing browser fails the test: it never passes without having looked.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use image::{codecs::jpeg::JpegEncoder, imageops::FilterType};
+use lookout_bus::{Bus, HandlerError, Incoming, topics};
+use lookout_predictor::PredictorArgs;
+use lookout_proto::v1::{Prediction, PredictionChange};
+use lookout_test_util::{EVENT_TIMEOUT, TestBus};
+use lookout_viewer::ViewerArgs;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use common::{frame, repo};
+
+/// The driver version; 1.61 is the newest that still runs on Debian 12's Node.js 18.
+const PLAYWRIGHT_CORE: &str = "1.61.1";
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("LOOKOUT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.is_file(),
+        "the browser test needs headless Chromium at {}: install it (Debian: `apt-get install \
+         chromium`, as .ci/run does) or point LOOKOUT_CHROMIUM at it",
+        path.display()
+    );
+    path
+}
+
+/// Installs `playwright-core` under the target directory once; returns the package folder.
+fn playwright_core() -> PathBuf {
+    let node = Command::new("node").arg("--version").output();
+    let Ok(node) = node.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    else {
+        panic!(
+            "the browser test needs Node.js (`node`) and npm: install `nodejs npm`, as .ci/run does"
+        );
+    };
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("playwright-core-{PLAYWRIGHT_CORE}"));
+    let package = dir.join("node_modules").join("playwright-core");
+    if !package.join("package.json").is_file() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("npm")
+            .args(["install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund"])
+            .args(["--loglevel", "error", "--prefix"])
+            .arg(&dir)
+            .arg(format!("playwright-core@{PLAYWRIGHT_CORE}"))
+            .status()
+            .expect("npm runs (install `nodejs npm`, as .ci/run does)");
+        assert!(
+            status.success(),
+            "npm install playwright-core@{PLAYWRIGHT_CORE} failed (node {node})"
+        );
+    }
+    package
+}
+
+/// Where test artefacts go: `target/test-artifacts/`.
+fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A sample photo as a 640×480 camera frame.
+fn camera_jpeg(name: &str) -> (Bytes, u32, u32) {
+    let img = image::open(repo(&format!("samples/{name}"))).expect("sample opens");
+    let img = img.resize_to_fill(640, 480, FilterType::Triangle).into_rgb8();
+    let mut buf = Vec::new();
+    JpegEncoder::new_with_quality(&mut buf, 85).encode_image(&img).expect("encodes");
+    (Bytes::from(buf), 640, 480)
+}
+
+/// Two cameras: `lobby` alternates between the coffee and the cat photo every 4 s (labels
+/// come through one more hop than frames, so they lag; 4 s leaves time for them to agree),
+/// `pad` shows the rocket.
+async fn cameras(bus: Bus, shutdown: CancellationToken) {
+    let frames = bus.publisher(&topics::FRAMES);
+    let lobby = [camera_jpeg("coffee.png"), camera_jpeg("chelsea.png")];
+    let rocket = camera_jpeg("rocket.jpg");
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    for i in 0u64.. {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let photo = &lobby[(i / 16 % 2) as usize];
+        frames.send(&frame("lobby", i, photo)).await.expect("frame published");
+        if i % 2 == 0 {
+            frames.send(&frame("pad", i / 2, &rocket)).await.expect("frame published");
+        }
+    }
+}
+
+/// Stands in for the recorder: publishes a change whenever a camera's top label changes.
+async fn changes(bus: Bus, shutdown: CancellationToken) {
+    let publisher = bus.publisher(&topics::CHANGES);
+    let current: Arc<Mutex<HashMap<String, (u64, Prediction)>>> = Arc::default();
+    let ids = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let handler = move |p: Incoming<Prediction>| {
+        let p = p.message;
+        let mut change = None;
+        {
+            let mut current = current.lock().unwrap();
+            let previous = current.get(&p.camera_id);
+            if previous.is_none_or(|(seq, _)| *seq < p.frame_sequence) {
+                let before = previous.and_then(|(_, b)| b.top_k.first().cloned());
+                let now = p.top_k.first().cloned();
+                if before.as_ref().map(|l| &l.name) != now.as_ref().map(|l| &l.name) {
+                    change = Some(PredictionChange {
+                        camera_id: p.camera_id.clone(),
+                        frame_sequence: p.frame_sequence,
+                        previous: before,
+                        current: now,
+                        model: p.model.clone(),
+                        time: p.capture_time,
+                        change_id: ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                        snapshot_missing: false,
+                    });
+                }
+                current.insert(p.camera_id.clone(), (p.frame_sequence, p));
+            }
+        }
+        let publisher = publisher.clone();
+        async move {
+            if let Some(c) = change {
+                publisher.send(&c).await.map_err(|e| HandlerError::Retry(e.to_string()))?;
+            }
+            Ok(())
+        }
+    };
+    bus.live(&topics::PREDICTIONS)
+        .run(handler, shutdown)
+        .await
+        .expect("changes follow predictions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_live_video_and_labels_in_chromium() {
+    let chromium = chromium();
+    let playwright = playwright_core();
+    let out = artifacts();
+    for name in ["viewer.png", "viewer-phone.png", "viewer-overlay.png", "viewer-failure.png"] {
+        let _ = std::fs::remove_file(out.join(name));
+    }
+
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let shutdown = CancellationToken::new();
+    let predictor_args = PredictorArgs {
+        model: repo("models/efficientnet-lite0/model.toml"),
+        top_k: 5,
+        max_frame_age: Duration::from_secs(2),
+        workers: 1,
+        max_pixels: 40_000_000,
+        group: "predictor".into(),
+    };
+    let predictor = tokio::spawn(lookout_predictor::run(
+        predictor_args,
+        t.bus("lookout-predictor"),
+        shutdown.clone(),
+    ));
+    let recorder = tokio::spawn(changes(t.bus("lookout-recorder"), shutdown.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let viewer_args = ViewerArgs {
+        listen: listener.local_addr().unwrap(),
+        max_clients: 16,
+        max_cameras: 16,
+        overlay_default: false,
+        overlay_quality: 80,
+    };
+    let viewer = tokio::spawn(lookout_viewer::run(
+        viewer_args,
+        listener,
+        t.bus("lookout-viewer"),
+        shutdown.clone(),
+    ));
+    let camera = tokio::spawn(cameras(t.bus("lookout-camera"), shutdown.clone()));
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/viewer.cjs");
+    let step_timeout = EVENT_TIMEOUT.as_millis().to_string();
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .args([url.as_str(), "lobby", "espresso"])
+        .arg(&out)
+        .arg(&step_timeout)
+        .env("PLAYWRIGHT_CORE", &playwright)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(EVENT_TIMEOUT * 5, run)
+        .await
+        .expect("the browser check ends")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "the page check in Chromium failed (screenshot: {}):\n{stderr}\n{stdout}",
+        out.join("viewer-failure.png").display()
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("the check prints its result as JSON");
+    eprintln!("browser saw: {result}");
+    assert!(result["label"].as_str().unwrap().contains("espresso"), "{result}");
+    assert_ne!(result["image_signatures"][0], result["image_signatures"][1], "{result}");
+    let tiles = result["tiles"].as_array().unwrap();
+    assert!(tiles.iter().any(|t| t == "lobby") && tiles.iter().any(|t| t == "pad"), "{result}");
+    assert!(!result["changes"].as_array().unwrap().is_empty(), "{result}");
+
+    let screenshot = out.join("viewer.png");
+    let png = image::open(&screenshot).expect("the screenshot is a PNG");
+    assert_eq!(png.width(), 1280);
+    eprintln!("screenshot: {}", screenshot.display());
+
+    shutdown.cancel();
+    camera.await.unwrap();
+    recorder.await.unwrap();
+    viewer.await.unwrap().expect("the viewer stops cleanly");
+    predictor.await.unwrap().expect("the predictor stops cleanly");
+}

@@ -1,0 +1,124 @@
+// Opens the viewer page in headless Chromium and checks what a person would see: a tile per
+// camera, a live image that changes, the expected label, the changes feed. Saves screenshots.
+//
+// usage: node viewer.cjs URL CAMERA LABEL SCREENSHOT_DIR TIMEOUT_MS
+// env:   PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (browser binary)
+'use strict';
+
+const path = require('path');
+const { chromium } = require(process.env.PLAYWRIGHT_CORE);
+
+const [url, camera, label, outDir, timeoutArg] = process.argv.slice(2);
+const timeout = Number(timeoutArg) || 60000;
+
+function log(...args) {
+  console.error('[browser]', ...args);
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM,
+    headless: true,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 820 } });
+  page.setDefaultTimeout(timeout);
+  page.on('console', (m) => log('console.' + m.type() + ':', m.text()));
+  page.on('pageerror', (e) => log('page error:', e.message));
+  const result = {};
+  try {
+    await page.goto(url);
+    const tile = `article.tile[data-camera="${camera}"]`;
+    await page.waitForSelector(`${tile} img`);
+
+    // The image changes: two captures of the <img> through a canvas differ. The page and the
+    // stream share an origin, so the canvas is readable.
+    const signature = () => page.evaluate((sel) => {
+      const img = document.querySelector(sel);
+      if (!img || !img.complete || !img.naturalWidth) return null;
+      const c = document.createElement('canvas');
+      c.width = 32;
+      c.height = 24;
+      const g = c.getContext('2d');
+      g.drawImage(img, 0, 0, c.width, c.height);
+      const d = g.getImageData(0, 0, c.width, c.height).data;
+      let h = 0;
+      for (let i = 0; i < d.length; i += 1) h = (Math.imul(h, 31) + d[i]) | 0;
+      return h;
+    }, `${tile} img`);
+    const deadline = Date.now() + timeout;
+    let first = null;
+    let changed = null;
+    while (Date.now() < deadline) {
+      const s = await signature();
+      if (s !== null && first === null) first = s;
+      else if (s !== null && s !== first) { changed = s; break; }
+      await page.waitForTimeout(100);
+    }
+    if (changed === null) throw new Error(`the image of ${camera} never changed (first capture: ${first})`);
+    result.image_signatures = [first, changed];
+
+    // Frame events move the tile's sequence forward.
+    const seq = () => page.$eval(tile, (t) => Number(t.dataset.sequence || -1));
+    const s1 = await seq();
+    await page.waitForFunction(([sel, s]) => Number(document.querySelector(sel).dataset.sequence || -1) > s, [tile, s1]);
+    result.sequences = [s1, await seq()];
+
+    // The label appears.
+    await page.waitForFunction(([sel, want]) => {
+      const l = document.querySelector(sel + ' .label');
+      return l && l.textContent.includes(want);
+    }, [tile, label]);
+    result.label = await page.$eval(`${tile} .label`, (l) => l.textContent);
+    result.score = await page.$eval(`${tile} .score`, (l) => l.textContent);
+
+    // fps and latency are shown, and the changes feed has entries.
+    await page.waitForFunction((sel) => /\d/.test(document.querySelector(sel + ' .latency').textContent), tile);
+    await page.waitForSelector('#changes li');
+    result.fps = await page.$eval(`${tile} .fps`, (e) => e.textContent);
+    result.latency = await page.$eval(`${tile} .latency`, (e) => e.textContent);
+    result.changes = await page.$$eval('#changes li', (li) => li.map((e) => e.textContent));
+    result.tiles = await page.$$eval('article.tile', (t) => t.map((e) => e.dataset.camera));
+
+    // Screenshots, laptop then phone, just after the label turned to the expected one again
+    // (labels follow frames, so right then the image matches the label).
+    const labelIs = (want, yes) => page.waitForFunction(([sel, w, y]) =>
+      document.querySelector(sel + ' .label').textContent.includes(w) === y, [tile, want, yes]);
+    await labelIs(label, false).catch(() => log('the label never changed away from', label));
+    await labelIs(label, true);
+    await page.waitForTimeout(400); // the score bar's transition
+    await page.screenshot({ path: path.join(outDir, 'viewer.png') });
+    result.at_screenshot = await page.$eval(tile, (t) => ({ frame: t.dataset.sequence, label: t.dataset.labelSequence }));
+    await page.setViewportSize({ width: 390, height: 844 });
+    await labelIs(label, false).catch(() => {});
+    await labelIs(label, true);
+    await page.waitForTimeout(200);
+    await page.screenshot({ path: path.join(outDir, 'viewer-phone.png'), fullPage: true });
+
+    // The overlay mode: the label burned into the frames by the viewer.
+    await page.setViewportSize({ width: 1280, height: 820 });
+    await page.goto(url + '?overlay=1');
+    await page.waitForFunction((sel) => {
+      const img = document.querySelector(sel + ' img');
+      return img && img.src.includes('overlay=1') && img.complete && img.naturalWidth > 0;
+    }, tile);
+    await labelIs(label, false).catch(() => {});
+    await labelIs(label, true);
+    await page.waitForTimeout(600);
+    await page.screenshot({ path: path.join(outDir, 'viewer-overlay.png') });
+    console.log(JSON.stringify(result));
+  } catch (e) {
+    log('FAILED:', e.message);
+    log('partial result:', JSON.stringify(result));
+    await page.screenshot({ path: path.join(outDir, 'viewer-failure.png') }).catch(() => {});
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  log('FAILED:', e.stack || e.message);
+  process.exit(1);
+});

@@ -1,0 +1,203 @@
+#![allow(dead_code, unreachable_pub)]
+
+use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
+
+use bytes::Bytes;
+use image::codecs::jpeg::JpegEncoder;
+use lookout_proto::v1::{Encoding, Frame, Label, ModelRef, Prediction};
+use lookout_test_util::EVENT_TIMEOUT;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::TcpStream,
+};
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+/// A sample photo as JPEG bytes, with its size.
+pub fn sample_jpeg(name: &str) -> (Bytes, u32, u32) {
+    let img = image::open(repo(&format!("samples/{name}"))).expect("sample opens").into_rgb8();
+    let mut buf = Vec::new();
+    JpegEncoder::new_with_quality(&mut buf, 85).encode_image(&img).expect("encodes");
+    (Bytes::from(buf), img.width(), img.height())
+}
+
+pub fn frame(camera: &str, sequence: u64, jpeg: &(Bytes, u32, u32)) -> Frame {
+    Frame {
+        camera_id: camera.into(),
+        sequence,
+        capture_time: Some(lookout_proto::timestamp(SystemTime::now())),
+        width: jpeg.1,
+        height: jpeg.2,
+        encoding: Encoding::Jpeg.into(),
+        data: jpeg.0.clone(),
+    }
+}
+
+pub fn prediction(camera: &str, sequence: u64, label: &str, score: f32) -> Prediction {
+    Prediction {
+        camera_id: camera.into(),
+        frame_sequence: sequence,
+        capture_time: Some(lookout_proto::timestamp(SystemTime::now())),
+        model: Some(ModelRef { name: "efficientnet-lite0".into(), version: "1".into() }),
+        top_k: vec![Label { class_id: 967, name: label.into(), score }],
+        ..Default::default()
+    }
+}
+
+/// One part of a multipart stream.
+#[derive(Debug)]
+pub struct Part {
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Part {
+    pub fn sequence(&self) -> u64 {
+        self.headers["x-lookout-sequence"].parse().expect("a sequence header")
+    }
+}
+
+/// Splits a `multipart/x-mixed-replace` body, fed in pieces of any size, into parts. Checks
+/// that every part is closed by the boundary right after its `Content-Length` bytes.
+#[derive(Debug)]
+pub struct Multipart {
+    boundary: Vec<u8>,
+    buf: Vec<u8>,
+    opened: bool,
+}
+
+impl Multipart {
+    pub fn new(content_type: &str) -> Self {
+        let boundary = content_type
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("boundary="))
+            .expect("the content type names a boundary");
+        Self { boundary: format!("--{boundary}\r\n").into_bytes(), buf: Vec::new(), opened: false }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete part, if the buffer holds one.
+    pub fn next_part(&mut self) -> Option<Part> {
+        if !self.opened {
+            if self.buf.len() < self.boundary.len() {
+                return None;
+            }
+            assert_eq!(&self.buf[..self.boundary.len()], &self.boundary[..], "opening boundary");
+            self.buf.drain(..self.boundary.len());
+            self.opened = true;
+        }
+        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&self.buf[..end]).expect("part headers are text");
+        let headers: BTreeMap<String, String> = head
+            .split("\r\n")
+            .map(|l| {
+                let (k, v) = l.split_once(':').expect("a header line");
+                (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let len: usize = headers["content-length"].parse().expect("a content length");
+        let closing = 2 + self.boundary.len();
+        let total = end + 4 + len + closing;
+        if self.buf.len() < total {
+            return None;
+        }
+        let body = self.buf[end + 4..end + 4 + len].to_vec();
+        assert_eq!(&self.buf[end + 4 + len..end + 4 + len + 2], b"\r\n", "part ends with CRLF");
+        assert_eq!(&self.buf[end + 6 + len..total], &self.boundary[..], "then the boundary");
+        self.buf.drain(..total);
+        Some(Part { headers, body })
+    }
+}
+
+/// An HTTP/1.1 client on a raw socket that reads a streamed response (chunked).
+#[derive(Debug)]
+pub struct StreamClient {
+    reader: BufReader<TcpStream>,
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    ended: bool,
+}
+
+impl StreamClient {
+    pub async fn get(addr: std::net::SocketAddr, path: &str) -> Self {
+        let mut stream = TcpStream::connect(addr).await.expect("connects");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let status = line.split(' ').nth(1).expect("a status line").parse().unwrap();
+        let mut client = Self::from_reader(reader).await;
+        client.status = status;
+        client
+    }
+
+    /// Takes over a connection whose status line was read: reads the headers.
+    pub async fn from_reader(mut reader: BufReader<TcpStream>) -> Self {
+        let mut line = String::new();
+        let mut headers = BTreeMap::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await.unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+        Self { reader, status: 200, headers, ended: false }
+    }
+
+    /// The next chunk of the body, `None` at its end (or when the connection closes).
+    pub async fn chunk(&mut self) -> Option<Vec<u8>> {
+        if self.ended {
+            return None;
+        }
+        assert_eq!(self.headers.get("transfer-encoding").map(String::as_str), Some("chunked"));
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await.ok()? == 0 {
+            self.ended = true;
+            return None;
+        }
+        let size = usize::from_str_radix(line.trim(), 16).expect("a chunk size");
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data).await.ok()?;
+        data.truncate(size);
+        if size == 0 {
+            self.ended = true;
+            return None;
+        }
+        Some(data)
+    }
+
+    /// Reads parts until one satisfies `want`; returns every part read. Panics on a hang.
+    pub async fn parts_until(
+        &mut self,
+        parser: &mut Multipart,
+        mut want: impl FnMut(&Part) -> bool,
+    ) -> Vec<Part> {
+        let mut got = Vec::new();
+        tokio::time::timeout(EVENT_TIMEOUT, async {
+            loop {
+                while let Some(part) = parser.next_part() {
+                    let done = want(&part);
+                    got.push(part);
+                    if done {
+                        return;
+                    }
+                }
+                let chunk = self.chunk().await.expect("the stream goes on");
+                parser.push(&chunk);
+            }
+        })
+        .await
+        .expect("the parts arrive");
+        got
+    }
+}
