@@ -26,6 +26,8 @@ use crate::{
     metrics as m,
 };
 
+/// A busy partition stores its offset at least every this many handled messages.
+const STORE_EVERY: usize = 64;
 /// Messages queued per partition task before the reader waits: the in-flight bound.
 const DEFAULT_QUEUE_DEPTH: usize = 16;
 /// First and largest pause before a transient failure is retried.
@@ -272,6 +274,7 @@ impl GroupConsumer {
                 let (tx, rx) = mpsc::channel(self.queue_depth);
                 let ctx = WorkerCtx {
                     consumer: consumer.clone(),
+                    consumed: metrics::counter!(m::CONSUMED_MESSAGES, "topic" => message.topic().to_owned()),
                     bus: self.bus.clone(),
                     group: self.group.clone(),
                     shutdown: shutdown.clone(),
@@ -306,6 +309,7 @@ impl GroupConsumer {
 
 struct WorkerCtx {
     consumer: Arc<Member>,
+    consumed: metrics::Counter,
     bus: Bus,
     group: String,
     shutdown: CancellationToken,
@@ -313,19 +317,35 @@ struct WorkerCtx {
 
 impl WorkerCtx {
     async fn run<H: RawHandler>(self, mut rx: mpsc::Receiver<OwnedMessage>, handler: Arc<H>) {
+        // The newest handled offset not yet stored. Storing is an FFI call per message, so a
+        // busy partition stores every `STORE_EVERY` messages or whenever its queue runs dry,
+        // and always before the task ends: only handled messages are ever stored.
+        let mut unstored: Option<(String, i32, i64)> = None;
+        let mut since_store = 0;
         while let Some(message) = rx.recv().await {
             if self.shutdown.is_cancelled() {
-                return;
+                break;
             }
             let Some(verdict) = self.handle(&message, &*handler).await else {
-                return; // shut down mid-retry: the message is not done, its offset is not stored
+                break; // shut down mid-retry: the message is not done, its offset is not stored
             };
             if let Err(reason) = verdict
                 && !self.dead_letter(&message, &reason).await
             {
-                return;
+                break;
             }
-            self.store(&message);
+            self.consumed.increment(1);
+            unstored = Some((message.topic().to_owned(), message.partition(), message.offset()));
+            since_store += 1;
+            if since_store >= STORE_EVERY || rx.is_empty() {
+                if let Some((topic, partition, offset)) = unstored.take() {
+                    self.store(&topic, partition, offset);
+                }
+                since_store = 0;
+            }
+        }
+        if let Some((topic, partition, offset)) = unstored {
+            self.store(&topic, partition, offset);
         }
     }
 
@@ -413,21 +433,13 @@ impl WorkerCtx {
         }
     }
 
-    /// Marks a message done. librdkafka commits stored offsets in the background.
-    fn store(&self, message: &OwnedMessage) {
-        metrics::counter!(m::CONSUMED_MESSAGES, "topic" => message.topic().to_owned()).increment(1);
+    /// Marks everything up to `offset` done. librdkafka commits stored offsets in the
+    /// background.
+    fn store(&self, topic: &str, partition: i32, offset: i64) {
         // `rd_kafka_offset_store` stores `offset + 1` itself: the next message to read.
-        if let Err(e) =
-            self.consumer.store_offset(message.topic(), message.partition(), message.offset())
-        {
+        if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
             // The partition was revoked meanwhile: its new owner handles the message again.
-            debug!(
-                topic = message.topic(),
-                partition = message.partition(),
-                offset = message.offset(),
-                error = %e,
-                "offset not stored",
-            );
+            debug!(topic, partition, offset, error = %e, "offset not stored");
         }
     }
 

@@ -32,6 +32,7 @@ pub struct Delivered {
 #[must_use = "a pending message's delivery result should be awaited"]
 pub struct Pending {
     topic: String,
+    counters: Counters,
     bytes: usize,
     trace: TraceContext,
     delivery: Delivery,
@@ -56,9 +57,8 @@ impl Pending {
         };
         match outcome {
             Ok(d) => {
-                let labels = [("topic", self.topic.clone())];
-                metrics::counter!(m::PRODUCED_MESSAGES, &labels).increment(1);
-                metrics::counter!(m::PRODUCED_BYTES, &labels).increment(self.bytes as u64);
+                self.counters.messages.increment(1);
+                self.counters.bytes.increment(self.bytes as u64);
                 Ok(Delivered { partition: d.partition, offset: d.offset, trace: self.trace })
             }
             Err(source) => {
@@ -74,6 +74,7 @@ impl Pending {
 #[derive(Debug, Clone)]
 pub struct Publisher<M> {
     bus: Bus,
+    counters: Counters,
     topic: Topic<M>,
     name: String,
     content_type: String,
@@ -84,8 +85,13 @@ pub struct Publisher<M> {
 impl<M: BusMessage> Publisher<M> {
     pub(crate) fn new(bus: Bus, topic: Topic<M>) -> Self {
         let name = bus.topic_name(topic.name());
+        let counters = Counters {
+            messages: metrics::counter!(m::PRODUCED_MESSAGES, "topic" => name.clone()),
+            bytes: metrics::counter!(m::PRODUCED_BYTES, "topic" => name.clone()),
+        };
         Self {
             bus,
+            counters,
             topic,
             name,
             content_type: topic.content_type(),
@@ -199,18 +205,34 @@ impl<M: BusMessage> Publisher<M> {
         match self.bus.producer().send_result(record) {
             Ok(delivery) => Ok(Pending {
                 topic: self.name.clone(),
+                counters: self.counters.clone(),
                 bytes: p.payload.len(),
                 trace: p.trace,
                 delivery: Delivery::Queued(delivery),
             }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(Full),
-            Err((source, _)) => Ok(Pending::failed(self.name.clone(), p.trace, source)),
+            Err((source, _)) => {
+                Ok(Pending::failed(self.name.clone(), self.counters.clone(), p.trace, source))
+            }
         }
     }
 
     fn count_error(&self, kind: &'static str) {
         metrics::counter!(m::PRODUCE_ERRORS, "topic" => self.name.clone(), "kind" => kind)
             .increment(1);
+    }
+}
+
+/// Metric handles, resolved once per publisher instead of once per message.
+#[derive(Clone)]
+struct Counters {
+    messages: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
     }
 }
 
@@ -227,8 +249,8 @@ struct Full;
 impl Pending {
     /// A message the producer refused outright (unknown partition, bad config…): the error is
     /// reported when the caller waits for it, like any delivery failure.
-    fn failed(topic: String, trace: TraceContext, source: KafkaError) -> Self {
-        Self { topic, bytes: 0, trace, delivery: Delivery::Refused(source) }
+    fn failed(topic: String, counters: Counters, trace: TraceContext, source: KafkaError) -> Self {
+        Self { topic, counters, bytes: 0, trace, delivery: Delivery::Refused(source) }
     }
 }
 
