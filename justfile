@@ -21,12 +21,23 @@ verify:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
+# The whole pipeline on this machine: open the printed viewer URL; Ctrl-C stops it.
+demo *ARGS:
+    cargo run --release -p lookout -- demo {{ARGS}}
+
+# The whole pipeline in Docker (needs a Docker engine).
+up:
+    docker compose up --build
+
+down:
+    docker compose down
+
 # Run an embedded Kafka broker on 127.0.0.1:9092.
 broker:
     cargo run --release -p lookout -- broker
 
 # Every benchmark.
-bench: bench-bus bench-predictor
+bench: bench-bus bench-predictor bench-viewer bench-e2e
 
 # Bus throughput, Lookout vs Python confluent-kafka, on the same broker in the same run.
 bench-bus:
@@ -35,3 +46,11 @@ bench-bus:
 # Predictor per-frame cost (tract vs onnxruntime) and pipeline vs bare model loop.
 bench-predictor:
     python3 bench/predictor/run.py
+
+# MJPEG fan-out: clients one viewer serves on one core, vs a Flask consumer-per-client design.
+bench-viewer:
+    python3 bench/viewer/run.py
+
+# The whole pipeline at 30 fps: capture → predicted / shown latency and drops per stage.
+bench-e2e:
+    python3 bench/e2e/run.py

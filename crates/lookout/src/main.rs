@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod broker;
+mod changes;
+mod demo;
+mod healthcheck;
 mod json;
 mod tap;
 mod topics;
@@ -26,6 +29,25 @@ enum Command {
     Topics(topics::TopicsArgs),
     /// Print a topic's messages as JSON lines, decoded by their protobuf type.
     Tap(tap::TapArgs),
+    /// List the label changes the recorder stored (from its database).
+    Changes(changes::ChangesArgs),
+    /// Write the JPEG stored with a change: `lookout snapshot ID > f.jpg`.
+    Snapshot(changes::SnapshotArgs),
+    /// Run the whole pipeline locally: embedded broker, camera, predictor(s), viewer, recorder
+    /// (SQLite) and log shipper, each as its own process. Ctrl-C stops everything.
+    Demo(demo::DemoArgs),
+    /// Run the camera service (same as `lookout-camera`).
+    Camera(lookout_camera::Args),
+    /// Run the predictor service (same as `lookout-predictor`).
+    Predictor(lookout_predictor::Args),
+    /// Run the viewer service (same as `lookout-viewer`).
+    Viewer(lookout_viewer::Args),
+    /// Run the recorder service (same as `lookout-recorder`).
+    Recorder(lookout_recorder::Args),
+    /// Run the log shipper (same as `lookout-logship`).
+    Logship(lookout_logship::Args),
+    /// Exit 0 when an HTTP URL answers 200 (container healthchecks).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[tokio::main]
@@ -35,6 +57,15 @@ async fn main() -> ExitCode {
         Command::Broker(args) => broker::run(args).await,
         Command::Topics(args) => topics::run(args).await,
         Command::Tap(args) => tap::run(args).await,
+        Command::Changes(args) => changes::run_changes(args).await,
+        Command::Snapshot(args) => changes::run_snapshot(args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Camera(args) => return lookout_camera::main(args).await,
+        Command::Predictor(args) => return lookout_predictor::main(args).await,
+        Command::Viewer(args) => return lookout_viewer::main(args).await,
+        Command::Recorder(args) => return lookout_recorder::main(args).await,
+        Command::Logship(args) => return lookout_logship::main(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -99,3 +99,26 @@ fn a_bad_argument_is_a_usage_error() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("broker"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_follows_readiness() {
+    use lookout_service::{Readiness, admin};
+    let readiness = Readiness::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let addr = admin::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        admin::AdminState::without_metrics(readiness.clone()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{addr}/readyz");
+    let check = || lookout().args(["healthcheck", &url]).output().unwrap();
+    readiness.set("kafka", false);
+    let out = check();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("503"), "{out:?}");
+    readiness.set("kafka", true);
+    assert!(check().status.success());
+    shutdown.cancel();
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""`just bench-e2e`: runs `lookout demo` with a synthetic 30 fps camera for a fixed time, keeps
+one browser-like MJPEG client on the viewer, then reads every service's Prometheus metrics and
+prints latency percentiles (capture -> predicted, capture -> shown) and frames dropped per
+stage as a Markdown table."""
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url):
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def pick(metrics, name, **labels):
+    """Sum of a metric's series whose labels include `labels`."""
+    total, found = 0.0, False
+    for key, v in metrics.items():
+        m = re.match(r"([^{]+)(?:\{(.*)\})?$", key)
+        if m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v2 for k, v2 in labels.items()):
+            total += v
+            found = True
+    return total if found else None
+
+
+def mjpeg_client(url, stop, counts):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        while not stop.is_set():
+            chunk = r.read(65536)
+            if not chunk:
+                break
+            counts["parts"] += chunk.count(b"\r\nContent-Type: image/jpeg")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--predictors", type=int, default=2)
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "-p", "lookout"], cwd=ROOT, check=True)
+    exe = ROOT / "target/release/lookout"
+    viewer_port = free_port()
+    workdir = tempfile.mkdtemp(prefix="lookout-e2e-")
+    demo = subprocess.Popen(
+        [str(exe), "demo", "--source", "synthetic", "--fps", str(args.fps),
+         "--predictors", str(args.predictors), "--viewer-listen", f"127.0.0.1:{viewer_port}",
+         "--broker-listen", "127.0.0.1:0", "--dir", workdir],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    admin = {}
+    deadline = time.time() + 180
+    for line in demo.stdout:
+        sys.stderr.write(line)
+        m = re.match(r"\s+(\S+)\s+\w+\s+\(admin http://([\d.:]+)/metrics", line)
+        if m:
+            admin[m.group(1)] = m.group(2)
+        if "Lookout is running" in line:
+            break
+        if time.time() > deadline:
+            sys.exit("the demo did not become ready")
+    threading.Thread(target=lambda: [None for _ in demo.stdout], daemon=True).start()
+
+    stop, counts = threading.Event(), {"parts": 0}
+    client = threading.Thread(target=mjpeg_client, daemon=True, args=(
+        f"http://127.0.0.1:{viewer_port}/cameras/synthetic/stream.mjpeg", stop, counts))
+    client.start()
+    print(f"measuring for {args.seconds} s …", file=sys.stderr)
+    time.sleep(args.seconds)
+    stop.set()
+
+    m = {name: scrape(f"http://{addr}/metrics") for name, addr in admin.items()}
+    demo.send_signal(signal.SIGINT)
+    demo.wait(timeout=60)
+
+    preds = [k for k in m if k.startswith("predictor")]
+    cam, view = m["camera"], m["viewer"]
+    captured = pick(cam, "lookout_camera_frames_captured_total") or 0
+    published = pick(cam, "lookout_camera_frames_published_total") or 0
+    cam_dropped = pick(cam, "lookout_camera_frames_dropped_total") or 0
+    labelled = sum(pick(m[p], "lookout_predictor_frames_total", outcome="labelled") or 0 for p in preds)
+    too_old = sum(pick(m[p], "lookout_predictor_frames_total", outcome="too_old") or 0 for p in preds)
+    skipped_view = pick(view, "lookout_viewer_frames_skipped_total") or 0
+
+    def q(metrics, name, quantile):
+        v = pick(metrics, name, quantile=quantile)
+        return None if v is None else v * 1000
+
+    def fmt(v):
+        return "–" if v is None else f"{v:.0f}"
+
+    print(f"\n{args.seconds} s at {args.fps} fps, {args.predictors} predictor replica(s), "
+          f"{os.cpu_count()} cores, one MJPEG client ({counts['parts']} parts received).\n")
+    print("| latency | p50 (ms) | p99 (ms) |")
+    print("|---|---:|---:|")
+    for p in preds:
+        name = "lookout_predictor_capture_to_predicted_seconds"
+        print(f"| capture → predicted ({p}) | {fmt(q(m[p], name, '0.5'))} | {fmt(q(m[p], name, '0.99'))} |")
+    name = "lookout_viewer_capture_to_shown_seconds"
+    print(f"| capture → shown (viewer, MJPEG part written) | {fmt(q(view, name, '0.5'))} | {fmt(q(view, name, '0.99'))} |")
+    print()
+    print("| stage | frames | dropped | note |")
+    print("|---|---:|---:|---|")
+    print(f"| camera | {captured:.0f} captured, {published:.0f} published | {cam_dropped:.0f} | drop-oldest when the broker lags |")
+    print(f"| predictor(s) | {labelled:.0f} labelled | {too_old:.0f} | older than --max-frame-age (2 s) when dequeued |")
+    print(f"| viewer → client | {counts['parts']} parts sent | {skipped_view:.0f} | slow client skips ahead |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+//! Snapshots: the frames a change may still need, kept per camera in a bounded buffer.
+//!
+//! The recorder reads the frames topic without a consumer group: it assigns itself every
+//! partition and starts, at each start, from the capture time of the oldest frame its streams
+//! may still need (read from the database), so a restarted recorder sees again the frames of
+//! the predictions it is about to re-handle. A consumer group would not do: its members would
+//! share the partitions (each replica seeing only part of each camera's frames, which are
+//! spread over all of them), and committed frame offsets say nothing about which predictions
+//! are done. A live subscription would start at the newest frame and miss those a restart
+//! re-handles.
+//!
+//! Each camera keeps at most `capacity` frames at or above the lowest sequence its detectors
+//! may still record a change at ([`crate::detector::Detector::needed_from`]). When a camera's
+//! buffer is full, the reader waits for that camera's predictions to move on (this is what
+//! keeps the snapshots of a database outage: predictions stop, so frames stop), unless the
+//! camera is stalled (the recorder went on handling other cameras' predictions for the stall
+//! time, with the database usable, but none of this camera's); then its oldest frame is
+//! dropped.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use lookout_bus::{Bus, BusError};
+use lookout_proto::{topics, v1::Frame};
+use prost::Message as _;
+use rdkafka::{
+    Message as _, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer as _, StreamConsumer},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{RecorderError, health::Health, metrics as m, store::StreamKey};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+const TOPIC_WAIT: Duration = Duration::from_millis(500);
+const FULL_WAIT: Duration = Duration::from_millis(10);
+const FRAME_POLL: Duration = Duration::from_millis(5);
+
+/// What happened to an offered frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Buffered.
+    Stored,
+    /// Older than anything the camera's detectors may still need.
+    NotNeeded,
+    /// The camera's buffer is full of frames still needed: offer it again later.
+    Full,
+}
+
+#[derive(Debug)]
+struct CameraFrames {
+    frames: BTreeMap<u64, Bytes>,
+    /// Per model stream: the lowest sequence it may still need (`None`: any).
+    needed: HashMap<(String, String), Option<u64>>,
+    /// Per frames partition: the highest sequence of this camera read there.
+    seen: HashMap<i32, u64>,
+    /// When this camera's predictions last moved on (or its first frame came).
+    last_progress: Instant,
+}
+
+impl CameraFrames {
+    fn new(now: Instant) -> Self {
+        Self {
+            frames: BTreeMap::new(),
+            needed: HashMap::new(),
+            seen: HashMap::new(),
+            last_progress: now,
+        }
+    }
+
+    fn needed_from(&self) -> u64 {
+        let mut lowest = None;
+        for n in self.needed.values() {
+            match n {
+                None => return 0,
+                Some(n) => lowest = Some(lowest.map_or(*n, |l: u64| l.min(*n))),
+            }
+        }
+        lowest.unwrap_or(0)
+    }
+
+    fn evict_unneeded(&mut self) -> usize {
+        let keep = self.frames.split_off(&self.needed_from());
+        let evicted = self.frames.len();
+        self.frames = keep;
+        evicted
+    }
+}
+
+#[derive(Debug)]
+struct Cameras {
+    by_id: HashMap<String, CameraFrames>,
+    /// When any stream's predictions last moved on.
+    last_activity: Instant,
+}
+
+/// Recent frames per camera, by sequence.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    cameras: Mutex<Cameras>,
+    capacity: usize,
+    stall: Duration,
+    partitions: AtomicI32,
+    health: Health,
+}
+
+impl FrameBuffer {
+    /// A buffer of at most `capacity` frames per camera; a camera whose predictions did not
+    /// move for `stall` (while the database is usable) loses its oldest frames first.
+    pub(crate) fn new(capacity: usize, stall: Duration, health: Health) -> Self {
+        Self {
+            cameras: Mutex::new(Cameras { by_id: HashMap::new(), last_activity: Instant::now() }),
+            capacity: capacity.max(1),
+            stall,
+            partitions: AtomicI32::new(0),
+            health,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cameras> {
+        self.cameras.lock().expect("not poisoned")
+    }
+
+    /// Offers a frame read from `partition` of the frames topic.
+    pub fn offer(&self, frame: &Frame, partition: i32) -> Offered {
+        let now = Instant::now();
+        let mut cameras = self.lock();
+        let last_activity = cameras.last_activity;
+        let camera =
+            cameras.by_id.entry(frame.camera_id.clone()).or_insert_with(|| CameraFrames::new(now));
+        let outcome = if frame.sequence < camera.needed_from() {
+            Offered::NotNeeded
+        } else if camera.frames.contains_key(&frame.sequence) {
+            Offered::Stored
+        } else {
+            if camera.frames.len() >= self.capacity {
+                // Stalled: the recorder went on handling other streams' predictions for the
+                // stall time, but not this camera's. (While nothing is handled at all, during
+                // a rebalance, a restart or a database outage, nothing is stalled.)
+                let stalled = self.health.database_ok()
+                    && last_activity.saturating_duration_since(camera.last_progress) >= self.stall;
+                if !stalled {
+                    return Offered::Full;
+                }
+                camera.frames.pop_first();
+                metrics::counter!(m::FRAMES_EVICTED).increment(1);
+            }
+            camera.frames.insert(frame.sequence, frame.data.clone());
+            Offered::Stored
+        };
+        let seen = camera.seen.entry(partition).or_insert(frame.sequence);
+        *seen = (*seen).max(frame.sequence);
+        outcome
+    }
+
+    /// Records that a stream's predictions moved on: frames below `needed_from` are dropped.
+    pub(crate) fn progress(&self, key: &StreamKey, needed_from: Option<u64>) {
+        let now = Instant::now();
+        let mut cameras = self.lock();
+        cameras.last_activity = now;
+        let camera =
+            cameras.by_id.entry(key.camera_id.clone()).or_insert_with(|| CameraFrames::new(now));
+        camera.needed.insert((key.model_name.clone(), key.model_version.clone()), needed_from);
+        camera.last_progress = now;
+        let evicted = camera.evict_unneeded();
+        if evicted > 0 {
+            metrics::counter!(m::FRAMES_RELEASED).increment(evicted as u64);
+        }
+    }
+
+    /// The frame, when buffered.
+    pub fn get(&self, camera: &str, sequence: u64) -> Option<Bytes> {
+        self.lock().by_id.get(camera).and_then(|c| c.frames.get(&sequence).cloned())
+    }
+
+    /// Whether the reader has gone past where the frame would be, so it will not come.
+    pub fn passed(&self, camera: &str, sequence: u64) -> bool {
+        let partitions = self.partitions.load(Ordering::Relaxed);
+        let probe = Frame { camera_id: camera.to_owned(), sequence, ..Default::default() };
+        let Some(partition) = topics::FRAMES.partition_for(&probe, partitions) else {
+            return false;
+        };
+        self.lock()
+            .by_id
+            .get(camera)
+            .and_then(|c| c.seen.get(&partition))
+            .is_some_and(|seen| *seen >= sequence)
+    }
+
+    /// Waits up to `timeout` for a frame; `None` when it is gone or did not come in time.
+    pub async fn wait_for(&self, camera: &str, sequence: u64, timeout: Duration) -> Option<Bytes> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.get(camera, sequence) {
+                return Some(frame);
+            }
+            if self.passed(camera, sequence) || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(FRAME_POLL).await;
+        }
+    }
+
+    /// Frames buffered over all cameras.
+    pub fn len(&self) -> usize {
+        self.lock().by_id.values().map(|c| c.frames.len()).sum()
+    }
+
+    /// Whether no frame is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn set_partitions(&self, n: i32) {
+        self.partitions.store(n, Ordering::Relaxed);
+    }
+}
+
+/// Reads the frames topic into `buffer` from `start_ms` (Kafka timestamp, Unix milliseconds;
+/// `None`: the oldest retained frame) until `shutdown`.
+pub(crate) async fn read_frames(
+    bus: Bus,
+    buffer: Arc<FrameBuffer>,
+    start_ms: Option<i64>,
+    shutdown: CancellationToken,
+) -> Result<(), RecorderError> {
+    let name = bus.topic_name(topics::FRAMES.name());
+    let group = format!("{}-frames-{}", bus.config().service, bus.config().instance);
+    let consumer: StreamConsumer = bus
+        .client_config(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            // Small fetches keep the partitions' reading positions close to one another.
+            ("max.partition.fetch.bytes", "262144"),
+        ])
+        .create()
+        .map_err(|source| RecorderError::Bus(BusError::Config(source)))?;
+
+    let assignment = loop {
+        let (b, n) = (bus.clone(), name.clone());
+        let found = tokio::task::spawn_blocking(move || start_offsets(&b, &n, start_ms))
+            .await
+            .map_err(|e| RecorderError::Task(format!("frames metadata task failed: {e}")))?;
+        match found {
+            Ok(tpl) => break tpl,
+            Err(e) => {
+                debug!(topic = %name, error = %e, "waiting for the frames topic");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(TOPIC_WAIT) => {}
+                }
+            }
+        }
+    };
+    buffer.set_partitions(assignment.count() as i32);
+    consumer
+        .assign(&assignment)
+        .map_err(|source| RecorderError::Bus(BusError::Kafka { topic: name.clone(), source }))?;
+    info!(topic = %name, partitions = assignment.count(), start_ms, "reading frames for snapshots");
+
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            r = consumer.recv() => r,
+        };
+        let message = match received {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(topic = %name, error = %e, "frames reader error; librdkafka retries");
+                continue;
+            }
+        };
+        let Some(Ok(frame)) = message.payload().map(Frame::decode) else {
+            metrics::counter!(m::FRAMES, "outcome" => "undecodable").increment(1);
+            continue;
+        };
+        let partition = message.partition();
+        drop(message);
+        let mut waited = false;
+        loop {
+            match buffer.offer(&frame, partition) {
+                Offered::Stored => {
+                    metrics::counter!(m::FRAMES, "outcome" => "buffered").increment(1);
+                    break;
+                }
+                Offered::NotNeeded => {
+                    metrics::counter!(m::FRAMES, "outcome" => "not_needed").increment(1);
+                    break;
+                }
+                Offered::Full => {
+                    if !waited {
+                        metrics::counter!(m::FRAME_BUFFER_WAITS).increment(1);
+                        waited = true;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(FULL_WAIT) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each partition of `topic` at the first offset whose timestamp is at or after `start_ms`.
+fn start_offsets(
+    bus: &Bus,
+    topic: &str,
+    start_ms: Option<i64>,
+) -> Result<TopicPartitionList, BusError> {
+    let probe: BaseConsumer = bus
+        .client_config(&[("group.id", "lookout-recorder-probe")])
+        .create()
+        .map_err(BusError::Config)?;
+    let kafka = |source| BusError::Kafka { topic: topic.to_owned(), source };
+    let metadata = probe.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(kafka)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(BusError::UnknownTopic {
+            topic: topic.to_owned(),
+            brokers: bus.config().brokers.clone(),
+            hint: "",
+        });
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let offset = start_ms.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(topic, *p, offset).map_err(kafka)?;
+    }
+    let Some(start_ms) = start_ms else { return Ok(tpl) };
+    let found = probe.offsets_for_times(tpl, METADATA_TIMEOUT).map_err(kafka)?;
+    let mut tpl = TopicPartitionList::new();
+    for e in found.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            // "No message at or after that time", or a broker that cannot tell (the embedded
+            // broker answers this for every time): check by reading the messages' timestamps.
+            _ => {
+                let (low, high) = probe
+                    .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
+                    .map_err(kafka)?;
+                Offset::Offset(search_by_time(bus, topic, e.partition(), low, high, start_ms)?)
+            }
+        };
+        tpl.add_partition_offset(topic, e.partition(), offset).map_err(kafka)?;
+    }
+    Ok(tpl)
+}
+
+/// The first offset in `low..high` whose Kafka timestamp is at or after `start_ms`, by binary
+/// search (timestamps of one partition are close to increasing); `high` when none is. A
+/// message that cannot be read counts as late enough, so the search errs towards reading more.
+fn search_by_time(
+    bus: &Bus,
+    topic: &str,
+    partition: i32,
+    low: i64,
+    high: i64,
+    start_ms: i64,
+) -> Result<i64, BusError> {
+    if high <= low {
+        return Ok(high);
+    }
+    let reader: BaseConsumer = bus
+        .client_config(&[("group.id", "lookout-recorder-probe"), ("enable.auto.commit", "false")])
+        .create()
+        .map_err(BusError::Config)?;
+    let kafka = |source| BusError::Kafka { topic: topic.to_owned(), source };
+    let late_enough = |offset: i64| -> Result<bool, BusError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(kafka)?;
+        reader.assign(&tpl).map_err(kafka)?;
+        let deadline = Instant::now() + METADATA_TIMEOUT;
+        while Instant::now() < deadline {
+            match reader.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.partition() == partition => {
+                    return Ok(m.timestamp().to_millis().is_none_or(|t| t >= start_ms));
+                }
+                Some(Err(e)) => return Err(kafka(e)),
+                _ => {}
+            }
+        }
+        Ok(true)
+    };
+    if !late_enough(high - 1)? {
+        return Ok(high);
+    }
+    let (mut lo, mut hi) = (low, high - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if late_enough(mid)? {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(camera: &str, sequence: u64) -> Frame {
+        Frame {
+            camera_id: camera.into(),
+            sequence,
+            data: Bytes::from(sequence.to_le_bytes().to_vec()),
+            ..Default::default()
+        }
+    }
+
+    fn key(camera: &str) -> StreamKey {
+        StreamKey { camera_id: camera.into(), model_name: "m".into(), model_version: "1".into() }
+    }
+
+    #[test]
+    fn frames_below_what_is_needed_are_dropped() {
+        let b = FrameBuffer::new(4, Duration::from_secs(60), Health::for_tests(true));
+        b.progress(&key("a"), Some(10));
+        assert_eq!(b.offer(&frame("a", 9), 0), Offered::NotNeeded);
+        assert_eq!(b.offer(&frame("a", 10), 1), Offered::Stored);
+        assert!(b.get("a", 10).is_some());
+        b.progress(&key("a"), Some(11));
+        assert!(b.get("a", 10).is_none(), "released once no change can start there");
+    }
+
+    #[test]
+    fn a_full_buffer_waits_for_predictions_unless_they_stalled() {
+        let b = FrameBuffer::new(2, Duration::from_millis(50), Health::for_tests(true));
+        b.progress(&key("a"), Some(0));
+        assert_eq!(b.offer(&frame("a", 1), 0), Offered::Stored);
+        assert_eq!(b.offer(&frame("a", 2), 0), Offered::Stored);
+        assert_eq!(b.offer(&frame("a", 3), 0), Offered::Full);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            b.offer(&frame("a", 3), 0),
+            Offered::Full,
+            "nothing handled at all: not stalled"
+        );
+        b.progress(&key("b"), Some(0));
+        assert_eq!(b.offer(&frame("a", 3), 0), Offered::Stored, "others went on: the oldest goes");
+        assert!(b.get("a", 1).is_none());
+    }
+
+    #[test]
+    fn a_full_buffer_keeps_waiting_while_the_database_is_down() {
+        let health = Health::for_tests(false);
+        let b = FrameBuffer::new(1, Duration::ZERO, health.clone());
+        assert_eq!(b.offer(&frame("a", 1), 0), Offered::Stored);
+        b.progress(&key("b"), Some(0));
+        assert_eq!(b.offer(&frame("a", 2), 0), Offered::Full);
+        health.set_database(true, "test");
+        assert_eq!(b.offer(&frame("a", 2), 0), Offered::Stored);
+    }
+
+    #[test]
+    fn a_frame_is_known_gone_once_its_partition_went_past_it() {
+        let b = FrameBuffer::new(8, Duration::from_secs(60), Health::for_tests(true));
+        b.set_partitions(6);
+        b.progress(&key("a"), Some(100));
+        // Frames 100..112 are spread over 6 partitions; frame 103 never arrives.
+        let p = |s: u64| topics::FRAMES.partition_for(&frame("a", s), 6).unwrap();
+        assert!(!b.passed("a", 103));
+        b.offer(&frame("a", 104), p(104));
+        assert!(!b.passed("a", 103), "another partition says nothing about 103");
+        b.offer(&frame("a", 109), p(109));
+        assert_eq!(p(109), p(103));
+        assert!(b.passed("a", 103), "its partition went on to 109");
+    }
+}

@@ -1,0 +1,408 @@
+//! End to end: every service as its own OS process (`lookout <service>`), talking only through
+//! the embedded broker: camera slideshow → predictor(s) → viewer and recorder (SQLite), logs
+//! through the log shipper.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lookout_bus::{HandlerError, Incoming, topics};
+use lookout_proto::v1::{Frame, Prediction};
+use lookout_test_util::{EVENT_TIMEOUT, TestBus};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Slideshow: 3 photos, 5 frames each at 5 fps, two rounds.
+const FRAMES: u64 = 30;
+/// Label changes that makes: the first label, then one per photo switch.
+const CHANGES: usize = 6;
+
+/// A service process, killed when the test ends however it ends.
+struct Service {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+}
+
+fn start(t: &TestBus, dir: &Path, name: &str, args: &[String]) -> Service {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(args)
+        .args(t.child_args())
+        .args(["--instance", name, "--admin-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env_remove("LOOKOUT_BROKERS")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("lookout runs");
+    Service { name: name.to_owned(), child }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| (*x).to_owned()).collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn camera(t: &TestBus, dir: &Path) -> Service {
+    let source = format!("images:{}", repo("samples").display());
+    start(
+        t,
+        dir,
+        "camera",
+        &s(&["camera", "--source", &source, "--hold", "1s", "--fps", "5", "--frames", "30"]),
+    )
+}
+
+fn predictor(t: &TestBus, dir: &Path, name: &str) -> Service {
+    let model = repo("models/efficientnet-lite0/model.toml");
+    start(
+        t,
+        dir,
+        name,
+        &s(&["predictor", "--model", model.to_str().unwrap(), "--max-frame-age", "0"]),
+    )
+}
+
+fn recorder(t: &TestBus, dir: &Path, name: &str, db: &str, group: &str) -> Service {
+    let url = format!("sqlite://{}?mode=rwc", dir.join(db).display());
+    start(
+        t,
+        dir,
+        name,
+        &s(&["recorder", "--database-url", &url, "--group", group, "--min-score", "0.1"]),
+    )
+}
+
+/// The changes stored in a recorder database, as `lookout changes --json` prints them.
+fn changes(dir: &Path, db: &str) -> Vec<Value> {
+    if !dir.join(db).exists() {
+        return Vec::new(); // the recorder has not created it yet
+    }
+    let url = format!("sqlite://{}?mode=rwc", dir.join(db).display());
+    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["changes", "--database-url", &url, "--json", "-n", "1000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lookout changes: {}", String::from_utf8_lossy(&out.stderr));
+    let mut v: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    v.sort_by_key(|c| c["frame_sequence"].as_u64());
+    v
+}
+
+/// Polls `check` until it holds (a bounded wait for the pipeline to get there).
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + EVENT_TIMEOUT * 2;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn labels(changes: &[Value]) -> Vec<String> {
+    changes.iter().map(|c| c["current"]["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The slideshow's changes: a cat, espresso, the rocket's label, then the same again, each
+/// with its snapshot.
+fn assert_slideshow_changes(changes: &[Value]) {
+    let l = labels(changes);
+    assert_eq!(l.len(), CHANGES, "one change per photo switch, plus the first label: {l:?}");
+    assert!(["tiger cat", "Egyptian cat", "tabby"].contains(&l[0].as_str()), "{l:?}");
+    assert_eq!(l[1], "espresso");
+    assert_eq!(l[..3], l[3..], "the second round repeats the first: {l:?}");
+    assert!(changes[0]["previous"].is_null(), "the first change starts the history");
+    for c in changes {
+        assert_eq!(c["camera_id"], "samples");
+        assert_eq!(c["snapshot_missing"], false, "{c}");
+        assert!(c["snapshot_bytes"].as_u64().unwrap() > 1000, "{c}");
+    }
+}
+
+/// Reads the viewer's server-sent events until one satisfies `want`.
+fn sse_until(port: u16, want: impl Fn(&Value) -> bool) -> Value {
+    let mut stream =
+        eventually("the viewer to listen", || TcpStream::connect(("127.0.0.1", port)).ok());
+    write!(stream, "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(EVENT_TIMEOUT * 2)).unwrap();
+    for line in BufReader::new(stream).lines() {
+        let line = line.expect("the event stream stays open");
+        if let Some(data) = line.strip_prefix("data:")
+            && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+            && want(&v)
+        {
+            return v;
+        }
+    }
+    panic!("the event stream ended");
+}
+
+/// Every record of the log shipper's file sink.
+fn log_records(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        if e.path().extension().is_some_and(|x| x == "jsonl") {
+            let mut text = String::new();
+            std::fs::File::open(e.path()).unwrap().read_to_string(&mut text).unwrap();
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+    }
+    out
+}
+
+#[test]
+fn slideshow_through_every_service() {
+    let t = TestBus::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(t.create_registry_topics());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let logs = dir.join("logs");
+    let port = free_port();
+
+    let _logship =
+        start(&t, dir, "logship", &s(&["logship", "--sink", &format!("file:{}", logs.display())]));
+    let _recorder = recorder(&t, dir, "recorder", "lookout.db", "recorder");
+    let _viewer =
+        start(&t, dir, "viewer", &s(&["viewer", "--listen", &format!("127.0.0.1:{port}")]));
+    let _predictor = predictor(&t, dir, "predictor");
+    let _camera = camera(&t, dir);
+
+    // The viewer shows the coffee photo's label live.
+    let event = sse_until(port, |v| v.to_string().contains("espresso"));
+    assert!(event.to_string().contains("samples"), "{event}");
+
+    // The recorder stores one change per photo switch, with snapshots.
+    let stored = eventually("the recorder's changes", || {
+        let c = changes(dir, "lookout.db");
+        (c.len() >= CHANGES).then_some(c)
+    });
+    assert_slideshow_changes(&stored);
+
+    // The logs arrive in the log sink with camera and frame fields.
+    let record = eventually("a shipped log record about a change", || {
+        log_records(&logs).into_iter().find(|r| {
+            r["service"] == "lookout-recorder"
+                && r["message"] == "change recorded"
+                && r["camera_id"] == "samples"
+        })
+    });
+    assert!(record["frame_sequence"].as_u64().is_some(), "{record}");
+    let services: BTreeSet<String> = log_records(&logs)
+        .iter()
+        .filter_map(|r| r["service"].as_str().map(str::to_owned))
+        .collect();
+    assert!(services.len() >= 4, "records from every service: {services:?}");
+}
+
+/// Frame sequences published on the frames topic, and the predictions per sequence.
+async fn frames_and_predictions(
+    t: &TestBus,
+    shutdown: CancellationToken,
+) -> (mpsc::Receiver<u64>, mpsc::Receiver<u64>) {
+    let bus = t.bus("lookout-test");
+    let (ftx, frx) = mpsc::channel();
+    let (ptx, prx) = mpsc::channel();
+    tokio::spawn(
+        bus.subscriber(&topics::FRAMES, "e2e-frames").run(
+            move |f: Incoming<Frame>| {
+                let tx = ftx.clone();
+                async move {
+                    tx.send(f.message.sequence).map_err(|e| HandlerError::Retry(e.to_string()))
+                }
+            },
+            shutdown.clone(),
+        ),
+    );
+    tokio::spawn(bus.subscriber(&topics::PREDICTIONS, "e2e-predictions").run(
+        move |p: Incoming<Prediction>| {
+            let tx = ptx.clone();
+            async move {
+                tx.send(p.message.frame_sequence).map_err(|e| HandlerError::Retry(e.to_string()))
+            }
+        },
+        shutdown,
+    ));
+    (frx, prx)
+}
+
+#[test]
+fn two_predictors_record_the_same_changes_and_a_killed_one_loses_no_frame() {
+    let t = TestBus::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(t.create_registry_topics());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let shutdown = CancellationToken::new();
+    let (frames, predictions) = rt.block_on(frames_and_predictions(&t, shutdown.clone()));
+
+    let _recorder = recorder(&t, dir, "recorder", "lookout.db", "recorder");
+    let mut a = predictor(&t, dir, "predictor-a");
+    let _b = predictor(&t, dir, "predictor-b");
+    let _camera = camera(&t, dir);
+
+    // Kill one replica once labelling is under way.
+    let mut labelled: BTreeMap<u64, usize> = BTreeMap::new();
+    while labelled.len() < 8 {
+        let seq = predictions.recv_timeout(EVENT_TIMEOUT).expect("predictions flow");
+        *labelled.entry(seq).or_default() += 1;
+    }
+    a.kill9();
+    let killed = a.name.clone();
+
+    // Every frame the camera produced is labelled (max-frame-age is off): the survivor takes
+    // over the killed replica's partitions, and frames it had in flight are labelled again.
+    let mut produced = BTreeSet::new();
+    while produced.len() < FRAMES as usize {
+        produced.insert(frames.recv_timeout(EVENT_TIMEOUT).expect("frames flow"));
+    }
+    while !produced.iter().all(|s| labelled.contains_key(s)) {
+        let seq = predictions
+            .recv_timeout(EVENT_TIMEOUT * 2)
+            .unwrap_or_else(|_| panic!("{killed} was killed and some frames stayed unlabelled"));
+        *labelled.entry(seq).or_default() += 1;
+    }
+
+    let stored = eventually("the recorder's changes", || {
+        let c = changes(dir, "lookout.db");
+        (c.len() >= CHANGES).then_some(c)
+    });
+    assert_slideshow_changes(&stored);
+    shutdown.cancel();
+}
+
+#[test]
+fn a_recorder_killed_and_restarted_stores_what_an_uninterrupted_one_stores() {
+    let t = TestBus::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(t.create_registry_topics());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    // Two recorders on the same stream, each with its own group and database: one runs
+    // undisturbed, the other is killed with SIGKILL mid-run and restarted.
+    let _steady = recorder(&t, dir, "steady", "steady.db", "recorder-steady");
+    let mut crashy = recorder(&t, dir, "crashy", "crashy.db", "recorder-crashy");
+    let _predictor = predictor(&t, dir, "predictor");
+    let _camera = camera(&t, dir);
+
+    eventually("the first changes", || (changes(dir, "crashy.db").len() >= 2).then_some(()));
+    crashy.kill9();
+    let _restarted = recorder(&t, dir, "crashy-again", "crashy.db", "recorder-crashy");
+
+    let key = |c: &Value| {
+        (
+            c["frame_sequence"].as_u64(),
+            c["current"]["name"].to_string(),
+            c["previous"]["name"].to_string(),
+        )
+    };
+    let steady = eventually("the steady recorder's changes", || {
+        let c = changes(dir, "steady.db");
+        (c.len() >= CHANGES).then_some(c)
+    });
+    assert_slideshow_changes(&steady);
+    let want: Vec<_> = steady.iter().map(key).collect();
+    let got = eventually("the restarted recorder to catch up", || {
+        let c = changes(dir, "crashy.db");
+        (c.len() >= CHANGES).then_some(c)
+    });
+    let got: Vec<_> = got.iter().map(key).collect();
+    assert_eq!(got, want, "the same changes, none lost, none doubled");
+}
+
+#[allow(unsafe_code)] // kill(2): the test plays the user pressing Ctrl-C.
+fn interrupt(pid: u32) {
+    // SAFETY: sends a signal to a child process this test started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGINT);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[test]
+fn the_demo_runs_everything_and_ctrl_c_leaves_no_process_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["demo", "--broker-listen", "127.0.0.1:0", "--hold", "1"])
+        .args(["--viewer-listen", &format!("127.0.0.1:{port}"), "--dir"])
+        .arg(tmp.path())
+        .current_dir(repo(""))
+        .env_remove("LOOKOUT_BROKERS")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("lookout demo runs");
+    let mut demo = Service { name: "demo".into(), child };
+    let stdout = demo.child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut pids = Vec::new();
+    loop {
+        let line = lines.recv_timeout(EVENT_TIMEOUT * 2).expect("the demo reports its services");
+        if let Some(pid) =
+            line.split("pid ").nth(1).and_then(|p| p.trim_end_matches(')').parse::<u32>().ok())
+        {
+            pids.push(pid);
+        }
+        if line.contains("Lookout is running") {
+            assert!(line.contains(&format!("http://127.0.0.1:{port}/")), "{line}");
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 5, "camera, predictor, viewer, recorder, logship: {pids:?}");
+
+    // The viewer shows the slideshow's labels.
+    sse_until(port, |v| v.to_string().contains("espresso"));
+
+    interrupt(demo.child.id());
+    let status = demo.child.wait().unwrap();
+    assert!(status.success(), "the demo stops cleanly: {status}");
+    for pid in pids {
+        assert!(!alive(pid), "service process {pid} of the {} is still running", demo.name);
+    }
+}
