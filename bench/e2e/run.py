@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,7 +53,14 @@ def pick(metrics, name, **labels):
 
 
 def mjpeg_client(url, stop, counts):
-    with urllib.request.urlopen(url, timeout=10) as r:
+    # The viewer knows the camera once its first frame arrived: 404 until then.
+    while True:
+        try:
+            r = urllib.request.urlopen(url, timeout=10)
+            break
+        except urllib.error.HTTPError:
+            time.sleep(0.2)
+    with r:
         while not stop.is_set():
             chunk = r.read(65536)
             if not chunk:
