@@ -49,8 +49,11 @@ impl<M: BusMessage> LiveSubscription<M> {
                 ("enable.auto.commit", "false"),
                 ("enable.auto.offset.store", "false"),
                 ("auto.offset.reset", "latest"),
-                // Live data: do not let the broker hold a fetch for long waiting for more.
-                ("fetch.wait.max.ms", "50"),
+                // Live data: do not let the broker hold a fetch waiting for more. Real Kafka
+                // answers as soon as a message is there; the embedded broker always waits the
+                // full time, and at 50 ms frames of a 30 fps camera arrived in pairs, of which a
+                // viewer shows only the newer one.
+                ("fetch.wait.max.ms", "10"),
             ])
             .create()
             .map_err(BusError::Config)?;
