@@ -47,11 +47,14 @@ fn shots(per_camera: usize, run: usize) -> Vec<Shot> {
             });
         }
     }
+    // As cameras produce them: interleaved in time, not one camera's backlog after another's.
+    shots.sort_by_key(|s| (s.sequence % 10_000_000, s.camera.clone()));
     shots
 }
 
 struct Outcome {
     changes: u64,
+    missing: usize,
     seconds: f64,
 }
 
@@ -111,7 +114,9 @@ async fn scenario(db: &TestDb, shots: &[Shot]) -> Outcome {
     let changes = recorder.stats().changes;
     stop.cancel();
     task.await.expect("recorder task").expect("recorder stops cleanly");
-    Outcome { changes, seconds }
+    let stored = db.store().await.changes(&Default::default()).await.expect("changes listed");
+    let missing = stored.iter().filter(|c| c.snapshot_missing).count();
+    Outcome { changes, missing, seconds }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -136,8 +141,10 @@ async fn main() {
         );
     }
 
-    println!("| backend | changes | predictions | changes stored | seconds | predictions/s |");
-    println!("|---|---|---|---|---:|---:|");
+    println!(
+        "| backend | changes | predictions | changes stored | snapshots missing | seconds | predictions/s |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
     for (what, run) in [("few (one per 500 frames)", 500), ("many (one per 6 frames)", 6)] {
         let shots = shots(per_camera, run);
         let mut backends = vec![("SQLite", TestDb::sqlite())];
@@ -147,9 +154,10 @@ async fn main() {
         for (name, db) in backends {
             let o = scenario(&db, &shots).await;
             println!(
-                "| {name} | {what} | {} | {} | {:.2} | {:.0} |",
+                "| {name} | {what} | {} | {} | {} | {:.2} | {:.0} |",
                 shots.len(),
                 o.changes,
+                o.missing,
                 o.seconds,
                 shots.len() as f64 / o.seconds
             );

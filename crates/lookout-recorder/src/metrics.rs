@@ -23,9 +23,12 @@ pub const DATABASE_UP: &str = "lookout_recorder_database_up";
 pub const STATE_CONFLICTS: &str = "lookout_recorder_state_conflicts_total";
 /// Streams (camera and model) known.
 pub const STREAMS: &str = "lookout_recorder_streams";
-/// Frames read, by `outcome`: `buffered`, `not_needed`, `undecodable`.
+/// Frames read, by `outcome`: `buffered`, `indexed` (only the position kept), `not_needed`,
+/// `undecodable`.
 pub const FRAMES: &str = "lookout_recorder_frames_total";
-/// Frames dropped from a full buffer of a camera whose predictions stalled.
+/// Frames read again from Kafka for a change's snapshot.
+pub const FRAMES_FETCHED: &str = "lookout_recorder_frames_fetched_total";
+/// Frame positions dropped from the full index of a camera whose predictions stalled.
 pub const FRAMES_EVICTED: &str = "lookout_recorder_frames_evicted_total";
 /// Frames released once no change could start at them any more.
 pub const FRAMES_RELEASED: &str = "lookout_recorder_frames_released_total";

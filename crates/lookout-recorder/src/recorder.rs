@@ -40,6 +40,9 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// Frames are read again from this long before the oldest frame a stream may need: camera
 /// clocks (capture times) and the producers' clocks (Kafka timestamps) differ a little.
 const FRAME_REPLAY_MARGIN_MS: i64 = 30_000;
+/// Frame positions remembered per camera, per frame whose bytes are kept: frames beyond the
+/// buffer are fetched again from Kafka when a change needs one.
+const INDEX_PER_FRAME: usize = 100;
 /// Attempts at a decision whose state another recorder changed meanwhile.
 const MAX_CONFLICTS: usize = 5;
 const START_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -146,6 +149,7 @@ impl Recorder {
         let health = Health::new(readiness);
         let frames = Arc::new(FrameBuffer::new(
             config.snapshot_buffer,
+            config.snapshot_buffer.saturating_mul(INDEX_PER_FRAME),
             config.snapshot_wait,
             health.clone(),
         ));
