@@ -52,5 +52,9 @@ bench-viewer:
     python3 bench/viewer/run.py
 
 # The whole pipeline at 30 fps: capture → predicted / shown latency and drops per stage.
+# Recorder: predictions/s with few and many changes, SQLite and Postgres.
+bench-recorder:
+    cargo bench -p lookout-recorder --bench recorder
+
 bench-e2e:
     python3 bench/e2e/run.py

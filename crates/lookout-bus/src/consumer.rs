@@ -296,12 +296,22 @@ impl GroupConsumer {
         // Stop handing out work; let each partition task finish the message it is on.
         drop(workers);
         while tasks.join_next().await.is_some() {}
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => warn!(group = %self.group, error = %e, "final commit failed"),
+        // The final commit and the consumer's close block (on the embedded broker, closing can
+        // take long): keep them off the runtime's worker threads.
+        let group = self.group.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => warn!(group = %group, error = %e, "final commit failed"),
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await;
+        if let Err(e) = closed {
+            warn!(group = %self.group, error = %e, "closing the consumer failed");
         }
-        consumer.unsubscribe();
         info!(group = %self.group, "consumer stopped");
         Ok(())
     }
