@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// How long services get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The recorder's reorder timeout with predictor replicas: above their failover time.
+const REPLICA_REORDER_TIMEOUT: &str = "15s";
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// What the camera captures: `images:DIR` (default: the project's sample photos),
@@ -36,7 +39,8 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     fps: Option<u32>,
 
-    /// Predictor replicas (they share the frames, even of one camera).
+    /// Predictor replicas (they share the frames, even of one camera). With more than one, the
+    /// recorder waits up to 15 s for a missing prediction, so a crashed replica costs no change.
     #[arg(long, default_value_t = 1)]
     predictors: usize,
 
@@ -111,9 +115,15 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the lookout executable")?;
     let db = format!("sqlite://{}?mode=rwc", dir.join("lookout.db").display());
     let logs = format!("file:{}", dir.join("logs").display());
+    let mut recorder = vec!["recorder".into(), "--database-url".into(), db];
+    if args.predictors > 1 {
+        // A crashed replica's frames are labelled again after the group's session timeout:
+        // the reorder window waits that out, so the crash costs no change.
+        recorder.extend(["--reorder-timeout".into(), REPLICA_REORDER_TIMEOUT.into()]);
+    }
     let mut plan: Vec<(String, Vec<String>)> = vec![
         ("logship".into(), vec!["logship".into(), "--sink".into(), logs]),
-        ("recorder".into(), vec!["recorder".into(), "--database-url".into(), db]),
+        ("recorder".into(), recorder),
         ("viewer".into(), vec!["viewer".into(), "--listen".into(), args.viewer_listen.to_string()]),
     ];
     for i in 0..args.predictors.max(1) {
