@@ -37,7 +37,7 @@ broker:
     cargo run --release -p lookout -- broker
 
 # Every benchmark.
-bench: bench-bus bench-predictor bench-viewer bench-e2e
+bench: bench-bus bench-predictor bench-viewer bench-recorder bench-e2e
 
 # Bus throughput, Lookout vs Python confluent-kafka, on the same broker in the same run.
 bench-bus:
@@ -51,10 +51,10 @@ bench-predictor:
 bench-viewer:
     python3 bench/viewer/run.py
 
-# The whole pipeline at 30 fps: capture → predicted / shown latency and drops per stage.
 # Recorder: predictions/s with few and many changes, SQLite and Postgres.
 bench-recorder:
     cargo bench -p lookout-recorder --bench recorder
 
+# The whole pipeline at 30 fps: capture → predicted / shown latency and drops per stage.
 bench-e2e:
     python3 bench/e2e/run.py

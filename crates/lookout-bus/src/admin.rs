@@ -73,21 +73,28 @@ fn probe(bus: &Bus, group: &str) -> Result<BaseConsumer, BusError> {
 
 /// The partition count of a topic (blocking).
 pub(crate) fn partition_count_blocking(bus: &Bus, topic: &str) -> Result<i32, BusError> {
+    Ok(partitions_blocking(bus, topic)?.len() as i32)
+}
+
+/// The partition ids of `topic` (its full name, prefix included), from the brokers' metadata;
+/// [`BusError::UnknownTopic`] when it does not exist. Blocking: call it off the async threads.
+pub fn partitions_blocking(bus: &Bus, topic: &str) -> Result<Vec<i32>, BusError> {
     let metadata =
         bus.producer().client().fetch_metadata(Some(topic), TIMEOUT).map_err(kafka(topic))?;
-    let n = metadata
+    let ids: Vec<i32> = metadata
         .topics()
         .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32);
-    if n == 0 {
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if ids.is_empty() {
         return Err(BusError::UnknownTopic {
             topic: topic.to_owned(),
             brokers: bus.config().brokers.clone(),
             hint: " (create the topics with `lookout topics --create`, or start `lookout broker`)",
         });
     }
-    Ok(n)
+    Ok(ids)
 }
 
 /// Creates the topics of `specs` (names get the bus's prefix) that do not exist yet, with

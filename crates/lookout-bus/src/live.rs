@@ -121,20 +121,7 @@ fn newest_offsets(bus: &Bus, topic: &str) -> Result<TopicPartitionList, BusError
         .create()
         .map_err(BusError::Config)?;
     let kafka = |source| BusError::Kafka { topic: topic.to_owned(), source };
-    let metadata = probe.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(kafka)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(BusError::UnknownTopic {
-            topic: topic.to_owned(),
-            brokers: bus.config().brokers.clone(),
-            hint: "",
-        });
-    }
+    let partitions = crate::admin::partitions_blocking(bus, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         let (low, high) = probe.fetch_watermarks(topic, p, METADATA_TIMEOUT).map_err(kafka)?;

@@ -157,7 +157,7 @@ impl Camera {
     /// their acknowledgements awaited before it returns.
     ///
     /// Sets the `source` readiness check (true while frames flow); the `kafka` check is the
-    /// caller's ([`lookout_service::watch_kafka`]).
+    /// caller's ([`lookout_service::Service::watch_kafka`]).
     pub async fn run(self, bus: Bus, shutdown: CancellationToken) -> Result<Summary, CameraError> {
         let Self { args, spec, camera, source, stats, readiness } = self;
         let sequencer = Sequencer::starting_at(SystemTime::now());

@@ -1,15 +1,12 @@
 //! The service entry point shared by `lookout-camera` and `lookout camera`.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use lookout_bus::Bus;
 use lookout_service::Service;
 
 use crate::{Args, Camera};
-
-/// How often the `kafka` readiness check asks the brokers.
-const KAFKA_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the camera service (`lookout-camera`, `lookout camera`): `--list`, or capture and
 /// publish until a signal.
@@ -42,12 +39,7 @@ async fn run_service(args: Args, svc: Service) -> anyhow::Result<()> {
     // The readiness probe gets the user's options only: the camera's producer settings would
     // make librdkafka warn on every probe consumer.
     let probe = svc.bus()?;
-    tokio::spawn(lookout_service::watch_kafka(
-        probe,
-        svc.readiness.clone(),
-        KAFKA_CHECK_EVERY,
-        svc.shutdown.clone(),
-    ));
+    svc.watch_kafka(&probe);
     camera.run(bus, svc.shutdown.clone()).await.context("the camera stopped")?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The service entry point shared by `lookout-logship` and `lookout logship`.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use crate::LogshipArgs;
 use lookout_service::CommonArgs;
@@ -22,12 +22,7 @@ pub struct Args {
 pub async fn main(args: Args) -> ExitCode {
     lookout_service::main("lookout-logship", args.common.clone(), |svc| async move {
         let bus = svc.bus()?;
-        tokio::spawn(lookout_service::watch_kafka(
-            bus.clone(),
-            svc.readiness.clone(),
-            Duration::from_secs(5),
-            svc.shutdown.clone(),
-        ));
+        svc.watch_kafka(&bus);
         crate::run(args.logship, bus, svc.readiness.clone(), svc.shutdown.clone()).await?;
         Ok(())
     })

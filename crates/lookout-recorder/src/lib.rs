@@ -55,12 +55,7 @@ pub struct Args {
 pub async fn main(args: Args) -> std::process::ExitCode {
     lookout_service::main("lookout-recorder", args.common.clone(), |svc| async move {
         let bus = svc.bus()?;
-        tokio::spawn(lookout_service::watch_kafka(
-            bus.clone(),
-            svc.readiness.clone(),
-            Duration::from_secs(5),
-            svc.shutdown.clone(),
-        ));
+        svc.watch_kafka(&bus);
         run(args.recorder, bus, svc.readiness.clone(), svc.shutdown.clone()).await?;
         Ok(())
     })

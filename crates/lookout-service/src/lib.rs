@@ -36,6 +36,9 @@ pub const EXIT_USAGE: u8 = 64;
 /// How long a stopping service waits for its last log records to reach the brokers.
 const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often [`Service::watch_kafka`] asks the brokers for metadata.
+const KAFKA_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// Parses the command line (and `LOOKOUT_*` environment variables). `--help` and
 /// `--version` print and exit 0; a bad argument prints one clear message and exits 64.
 pub fn parse_args<T: clap::Parser>() -> T {
@@ -69,6 +72,17 @@ impl Service {
     /// A bus client named after this service.
     pub fn bus(&self) -> anyhow::Result<Bus> {
         Bus::new(self.args.bus_config(self.name)).context("cannot create the Kafka client")
+    }
+
+    /// Keeps the `kafka` readiness check up to date from `bus`, until shutdown: ready while the
+    /// brokers answer a metadata request, checked every 5 s.
+    pub fn watch_kafka(&self, bus: &Bus) {
+        tokio::spawn(watch_kafka(
+            bus.clone(),
+            self.readiness.clone(),
+            KAFKA_CHECK_EVERY,
+            self.shutdown.clone(),
+        ));
     }
 
     /// The Prometheus rendering of the process's metrics.
@@ -178,14 +192,7 @@ where
     }
 }
 
-/// Keeps the `kafka` readiness check up to date: ready while the brokers answer a metadata
-/// request, checked every `every`.
-pub async fn watch_kafka(
-    bus: Bus,
-    readiness: Readiness,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
+async fn watch_kafka(bus: Bus, readiness: Readiness, every: Duration, shutdown: CancellationToken) {
     loop {
         let ok = lookout_bus::admin::describe(&bus).await.is_ok();
         readiness.set("kafka", ok);

@@ -1,6 +1,6 @@
 //! The service entry point shared by `lookout-viewer` and `lookout viewer`.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use crate::ViewerArgs;
 use anyhow::Context as _;
@@ -29,12 +29,7 @@ async fn run(args: Args, svc: Service) -> anyhow::Result<()> {
     let listen = args.viewer.listen;
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    tokio::spawn(lookout_service::watch_kafka(
-        bus.clone(),
-        svc.readiness.clone(),
-        Duration::from_secs(5),
-        svc.shutdown.clone(),
-    ));
+    svc.watch_kafka(&bus);
     crate::run(args.viewer, listener, bus, svc.shutdown.clone()).await?;
     Ok(())
 }
