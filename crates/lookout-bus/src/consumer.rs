@@ -16,7 +16,10 @@ use rdkafka::{
     message::{Header, OwnedHeaders, OwnedMessage},
     producer::FutureRecord,
 };
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -33,6 +36,8 @@ const DEFAULT_QUEUE_DEPTH: usize = 16;
 /// First and largest pause before a transient failure is retried.
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a stopping consumer waits for librdkafka to close it (leave the group).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a consumer group without committed offsets starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,6 +128,12 @@ impl<M: BusMessage> Subscriber<M> {
         self
     }
 
+    /// How many partitions this member owns, updated at every rebalance: 0 before it joined,
+    /// while a rebalance is under way, and after it stopped.
+    pub fn assignment(&self) -> watch::Receiver<usize> {
+        self.core.assigned.subscribe()
+    }
+
     /// Consumes until `shutdown` is cancelled, then waits for the messages being handled,
     /// commits the stored offsets and leaves the group.
     pub async fn run<H: Handler<M>>(
@@ -150,6 +161,11 @@ impl RawSubscriber {
     pub fn start_at(mut self, start: StartAt) -> Self {
         self.core.start = start;
         self
+    }
+
+    /// How many partitions this member owns; see [`Subscriber::assignment`].
+    pub fn assignment(&self) -> watch::Receiver<usize> {
+        self.core.assigned.subscribe()
     }
 
     /// Consumes until `shutdown` is cancelled; see [`Subscriber::run`].
@@ -197,6 +213,7 @@ struct GroupConsumer {
     group: String,
     start: StartAt,
     queue_depth: usize,
+    assigned: Arc<watch::Sender<usize>>,
 }
 
 type Member = StreamConsumer<GroupContext>;
@@ -213,6 +230,7 @@ impl GroupConsumer {
             group: group.to_owned(),
             start: StartAt::Earliest,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            assigned: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -238,7 +256,10 @@ impl GroupConsumer {
         let mut config = config;
         config.set("enable.auto.offset.store", "false");
         config
-            .create_with_context(GroupContext { group: self.group.clone() })
+            .create_with_context(GroupContext {
+                group: self.group.clone(),
+                assigned: self.assigned.clone(),
+            })
             .map_err(BusError::Config)
     }
 
@@ -296,22 +317,33 @@ impl GroupConsumer {
         // Stop handing out work; let each partition task finish the message it is on.
         drop(workers);
         while tasks.join_next().await.is_some() {}
-        // The final commit and the consumer's close block (on the embedded broker, closing can
-        // take long): keep them off the runtime's worker threads.
+        // The final commit and the consumer's close block, and librdkafka's close can wait
+        // forever for a group coordinator that does not answer (seen on the embedded broker):
+        // do both on a thread of their own and wait for it a bounded time. The stored offsets
+        // are committed before the close, so a close given up on loses nothing; the thread is
+        // left behind and ends with the process.
         let group = self.group.clone();
-        let closed = tokio::task::spawn_blocking(move || {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => {}
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => warn!(group = %group, error = %e, "final commit failed"),
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let spawned =
+            std::thread::Builder::new().name("lookout-consumer-close".into()).spawn(move || {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) => {}
+                    Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => warn!(group = %group, error = %e, "final commit failed"),
+                }
+                consumer.unsubscribe();
+                drop(consumer);
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            Err(e) => warn!(group = %self.group, error = %e, "cannot start the closing thread"),
+            Ok(_) => {
+                if tokio::time::timeout(CLOSE_TIMEOUT, done_rx).await.is_err() {
+                    warn!(group = %self.group, timeout = ?CLOSE_TIMEOUT, "the consumer did not close in time; offsets were committed, leaving it");
+                }
             }
-            consumer.unsubscribe();
-            drop(consumer);
-        })
-        .await;
-        if let Err(e) = closed {
-            warn!(group = %self.group, error = %e, "closing the consumer failed");
         }
+        self.assigned.send_replace(0);
         info!(group = %self.group, "consumer stopped");
         Ok(())
     }
@@ -462,9 +494,11 @@ impl WorkerCtx {
     }
 }
 
-/// Logs rebalances and failed commits; does nothing slow inside librdkafka's callbacks.
+/// Logs rebalances and failed commits and publishes the assignment's size; does nothing slow
+/// inside librdkafka's callbacks.
 struct GroupContext {
     group: String,
+    assigned: Arc<watch::Sender<usize>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -472,9 +506,12 @@ impl ClientContext for GroupContext {}
 impl ConsumerContext for GroupContext {
     fn post_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &Rebalance<'_>,
     ) {
+        // The whole assignment, whichever assignment strategy (eager or incremental) is used.
+        let owned = consumer.assignment().map_or(0, |tpl| tpl.count());
+        self.assigned.send_replace(owned);
         match rebalance {
             Rebalance::Assign(tpl) => {
                 info!(group = %self.group, partitions = %describe(tpl), "partitions assigned");

@@ -438,3 +438,47 @@ async fn ensure_topics_is_idempotent_on_existing_topics() {
     let frames = described.iter().find(|d| d.name == bus.topic_name("lookout.frames")).unwrap();
     assert_eq!(frames.partitions.len(), 6);
 }
+
+/// Waits until a member's partition count satisfies `want`, and returns it.
+async fn until(
+    mut owned: tokio::sync::watch::Receiver<usize>,
+    want: impl Fn(usize) -> bool,
+) -> usize {
+    tokio::time::timeout(EVENT_TIMEOUT, owned.wait_for(|n| want(*n)))
+        .await
+        .expect("the rebalance completes before the timeout")
+        .map(|n| *n)
+        .expect("the member's count is still published")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_follows_rebalances() {
+    let t = TestBus::start();
+    t.create_topic(topics::PREDICTIONS.name(), 3).await;
+    let bus = t.bus("lookout-test");
+    let member = |shutdown: &CancellationToken| {
+        let sub = bus.subscriber(&topics::PREDICTIONS, "assignment");
+        let owned = sub.assignment();
+        let task =
+            tokio::spawn(sub.run(|_: Incoming<Prediction>| async { Ok(()) }, shutdown.clone()));
+        (owned, task)
+    };
+
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let (a, task_a) = member(&stop_a);
+    assert_eq!(*a.borrow(), 0, "nothing is owned before joining");
+    assert_eq!(until(a.clone(), |n| n == 3).await, 3, "a lone member owns every partition");
+
+    let (b, task_b) = member(&stop_b);
+    let got_b = until(b.clone(), |n| n > 0).await;
+    let got_a = until(a.clone(), move |n| n == 3 - got_b).await;
+    assert_eq!((got_a + got_b, got_a > 0), (3, true), "two members share the partitions");
+
+    stop_b.cancel();
+    task_b.await.unwrap().unwrap();
+    assert_eq!(*b.borrow(), 0, "a stopped member owns nothing");
+    assert_eq!(until(a.clone(), |n| n == 3).await, 3, "the survivor takes every partition back");
+    stop_a.cancel();
+    task_a.await.unwrap().unwrap();
+    assert_eq!(*a.borrow(), 0);
+}

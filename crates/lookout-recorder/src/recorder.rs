@@ -17,7 +17,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, info, info_span, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::{
     RecorderError,
@@ -228,12 +228,13 @@ impl Recorder {
                 async move { inner.on_prediction(incoming).await }
             }
         };
-        let consumed = inner
-            .bus
-            .subscriber(&topics::PREDICTIONS, &inner.config.group)
-            .run(handler, shutdown.clone())
-            .await;
+        let subscriber = inner.bus.subscriber(&topics::PREDICTIONS, &inner.config.group);
+        let owned = tokio::spawn(
+            inner.clone().follow_assignment(subscriber.assignment(), tasks_stop.clone()),
+        );
+        let consumed = subscriber.run(handler, shutdown.clone()).await;
         tasks_stop.cancel();
+        let _ = owned.await;
         let (handle, mut failure) = watchdog;
         let _ = handle.await;
         consumed?;
@@ -441,7 +442,7 @@ impl Inner {
                 SkipReason::WindowFull => "window_full",
             };
             metrics::counter!(m::GAPS_SKIPPED, "reason" => reason).increment(1);
-            debug!(camera = %key.camera_id, from = skip.from, to = skip.to, reason, "gap skipped");
+            warn!(camera = %key.camera_id, from = skip.from, to = skip.to, reason, "missing predictions given up on; a change next to them may be missed");
         }
         for (c, id) in changes.iter().zip(ids) {
             self.stats.changes.fetch_add(1, Ordering::SeqCst);
@@ -474,6 +475,23 @@ impl Inner {
     }
 
     /// Skips gaps that waited too long in streams that receive nothing new.
+    /// Runs the reorder clock only while this recorder owns partitions of the predictions
+    /// topic (see [`crate::health`]).
+    async fn follow_assignment(
+        self: Arc<Self>,
+        mut owned: tokio::sync::watch::Receiver<usize>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let partitions = *owned.borrow_and_update();
+            self.health.set_consuming(partitions > 0);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = owned.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     async fn tick_loop(self: Arc<Self>, stop: CancellationToken) -> Result<(), RecorderError> {
         loop {
             tokio::select! {
