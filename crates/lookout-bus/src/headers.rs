@@ -1,6 +1,6 @@
 //! The headers every Lookout message carries, and W3C trace context.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
@@ -93,10 +93,7 @@ fn nonzero_u64() -> u64 {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use lookout_proto::unix_millis;
 
 /// The standard headers of a message.
 pub(crate) fn standard(

@@ -59,9 +59,38 @@ pub fn system_time(t: &Timestamp) -> Option<std::time::SystemTime> {
     std::time::SystemTime::try_from(*t).ok()
 }
 
+/// Unix milliseconds of a [`std::time::SystemTime`] (negative before 1970).
+pub fn unix_millis(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Unix milliseconds of a protobuf timestamp.
+pub fn timestamp_millis(t: &Timestamp) -> i64 {
+    t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
+}
+
+/// A protobuf timestamp from Unix milliseconds.
+pub fn timestamp_from_millis(ms: i64) -> Timestamp {
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_round_trip() {
+        for ms in [0, 1, 999, 1000, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(timestamp_millis(&timestamp_from_millis(ms)), ms, "{ms}");
+        }
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(unix_millis(t), 1_700_000_000_123);
+        assert_eq!(unix_millis(std::time::UNIX_EPOCH - std::time::Duration::from_millis(5)), -5);
+        assert_eq!(timestamp_millis(&timestamp(t)), 1_700_000_000_123);
+    }
 
     #[test]
     fn descriptor_pool_knows_every_message() {

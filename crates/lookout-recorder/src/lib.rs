@@ -33,9 +33,7 @@ use lookout_service::Readiness;
 use tokio_util::sync::CancellationToken;
 
 pub use detector::{Detector, DetectorConfig};
-pub use recorder::{
-    Recorder, RecorderConfig, StatsSnapshot, change_event, observation, timestamp_ms,
-};
+pub use recorder::{Recorder, RecorderConfig, StatsSnapshot, change_event, observation};
 pub use store::{Access, Store, StoreError};
 
 /// The recorder's command line: its own options and those every service takes.

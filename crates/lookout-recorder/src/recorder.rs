@@ -6,7 +6,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lookout_bus::{Bus, HandlerError, Incoming, topics};
@@ -377,7 +377,7 @@ impl Inner {
                     .await;
                 changes.push(NewChange { change: change.clone(), snapshot });
             }
-            let now_ms = unix_ms(SystemTime::now());
+            let now_ms = lookout_proto::unix_millis(SystemTime::now());
             let decision = Decision {
                 key,
                 revision: slot.revision,
@@ -586,7 +586,8 @@ impl Inner {
         stop: CancellationToken,
     ) -> Result<(), RecorderError> {
         loop {
-            let cutoff = unix_ms(SystemTime::now()).saturating_sub(retain.as_millis() as i64);
+            let cutoff = lookout_proto::unix_millis(SystemTime::now())
+                .saturating_sub(retain.as_millis() as i64);
             match self.store.purge_before(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => {
@@ -622,8 +623,7 @@ pub fn observation(p: &Prediction) -> Result<(StreamKey, Observation), String> {
         model_name: model.name,
         model_version: model.version,
     };
-    let capture_time_ms =
-        p.capture_time.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    let capture_time_ms = p.capture_time.as_ref().map_or(0, lookout_proto::timestamp_millis);
     Ok((key, Observation { sequence: p.frame_sequence, capture_time_ms, top1 }))
 }
 
@@ -640,22 +640,10 @@ pub fn change_event(c: &StoredChange) -> PredictionChange {
             name: c.key.model_name.clone(),
             version: c.key.model_version.clone(),
         }),
-        time: Some(timestamp_ms(c.capture_time_ms)),
+        time: Some(lookout_proto::timestamp_from_millis(c.capture_time_ms)),
         change_id: c.change_id,
         snapshot_missing: c.snapshot_missing,
     }
-}
-
-/// Unix milliseconds to a protobuf timestamp.
-pub fn timestamp_ms(ms: i64) -> lookout_proto::Timestamp {
-    lookout_proto::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -667,7 +655,7 @@ mod tests {
         let p = Prediction {
             camera_id: "lobby".into(),
             frame_sequence: 42,
-            capture_time: Some(timestamp_ms(1_700_000_000_123)),
+            capture_time: Some(lookout_proto::timestamp_from_millis(1_700_000_000_123)),
             model: Some(ModelRef { name: "m".into(), version: "2".into() }),
             top_k: vec![
                 v1::Label { class_id: 1, name: "cat".into(), score: 0.4 },
@@ -682,13 +670,5 @@ mod tests {
         assert!(observation(&Prediction::default()).is_err());
         let huge = Prediction { camera_id: "x".into(), frame_sequence: u64::MAX, ..p };
         assert!(observation(&huge).is_err());
-    }
-
-    #[test]
-    fn timestamps_round_trip_through_milliseconds() {
-        for ms in [0, 1, 999, 1000, 1_700_000_000_123, -1] {
-            let t = timestamp_ms(ms);
-            assert_eq!(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000, ms);
-        }
     }
 }

@@ -11,7 +11,7 @@ use futures_util::{Stream, stream};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Event, metrics as m, mjpeg::ClientGuard, state::unix_ms};
+use crate::{Event, metrics as m, mjpeg::ClientGuard};
 
 struct Client {
     events: broadcast::Receiver<Event>,
@@ -30,7 +30,8 @@ pub(crate) fn sse(
     let stream = stream::unfold(client, |mut client| async move {
         if std::mem::take(&mut client.hello) {
             // The viewer's clock, so the page can measure latency against it.
-            let hello = format!(r#"{{"server_ms":{}}}"#, unix_ms(SystemTime::now()));
+            let hello =
+                format!(r#"{{"server_ms":{}}}"#, lookout_proto::unix_millis(SystemTime::now()));
             return Some((Ok(SseEvent::default().event("hello").data(hello)), client));
         }
         let received = tokio::select! {

@@ -15,7 +15,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -268,8 +268,8 @@ impl Camera {
             id: self.id.clone(),
             fps,
             sequence: frame.as_ref().map(|f| f.sequence),
-            capture_ms: frame.as_ref().and_then(|f| f.captured).map(unix_ms),
-            received_ms: stats.received.map(unix_ms),
+            capture_ms: frame.as_ref().and_then(|f| f.captured).map(lookout_proto::unix_millis),
+            received_ms: stats.received.map(lookout_proto::unix_millis),
             width: frame.as_ref().map(|f| f.width),
             height: frame.as_ref().map(|f| f.height),
             label: stats.label.clone(),
@@ -357,11 +357,11 @@ impl ViewerState {
         let event = FrameEvent {
             camera: &camera.id,
             sequence: shown.sequence,
-            capture_ms: shown.captured.map(unix_ms),
+            capture_ms: shown.captured.map(lookout_proto::unix_millis),
             fps: (fps * 10.0).round() / 10.0,
             width: shown.width,
             height: shown.height,
-            sent_ms: unix_ms(SystemTime::now()),
+            sent_ms: lookout_proto::unix_millis(SystemTime::now()),
         };
         self.publish("frame", &event);
     }
@@ -386,7 +386,7 @@ impl ViewerState {
                 .capture_time
                 .as_ref()
                 .and_then(lookout_proto::system_time)
-                .map(unix_ms),
+                .map(lookout_proto::unix_millis),
         };
         let renamed = {
             let mut stats = camera.stats.lock().expect("not poisoned");
@@ -420,7 +420,11 @@ impl ViewerState {
         let info = ChangeInfo {
             camera: change.camera_id.clone(),
             sequence: change.frame_sequence,
-            time_ms: change.time.as_ref().and_then(lookout_proto::system_time).map(unix_ms),
+            time_ms: change
+                .time
+                .as_ref()
+                .and_then(lookout_proto::system_time)
+                .map(lookout_proto::unix_millis),
             previous: change.previous.as_ref().map(label_view),
             current: change.current.as_ref().map(label_view),
             model: change.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
@@ -517,14 +521,6 @@ impl ViewerState {
 
 fn label_view(label: &Label) -> LabelView {
     LabelView { name: label.name.clone(), score: label.score }
-}
-
-/// Unix milliseconds (negative before 1970).
-pub(crate) fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
 }
 
 #[cfg(test)]

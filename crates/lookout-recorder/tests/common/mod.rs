@@ -24,7 +24,6 @@ use lookout_recorder::{
     Access, Store,
     detector::{Change, Detector, DetectorConfig, Observation},
     store::{ChangeFilter, StoredChange},
-    timestamp_ms,
 };
 
 pub const MODEL: &str = "test-model";
@@ -384,7 +383,7 @@ impl Shot {
         Frame {
             camera_id: self.camera.clone(),
             sequence: self.sequence,
-            capture_time: Some(timestamp_ms(self.capture_ms)),
+            capture_time: Some(lookout_proto::timestamp_from_millis(self.capture_ms)),
             width: 48,
             height: 48,
             encoding: Encoding::Jpeg.into(),
@@ -406,7 +405,7 @@ impl Shot {
         Prediction {
             camera_id: self.camera.clone(),
             frame_sequence: self.sequence,
-            capture_time: Some(timestamp_ms(self.capture_ms)),
+            capture_time: Some(lookout_proto::timestamp_from_millis(self.capture_ms)),
             model: Some(ModelRef { name: MODEL.into(), version: MODEL_VERSION.into() }),
             top_k: vec![
                 Label {
