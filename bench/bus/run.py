@@ -16,16 +16,15 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
-import venv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-VENV = os.path.join(ROOT, "bench", ".venv")
-OUT = os.path.join(ROOT, "bench", "out")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import (OUT, ROOT, bench_executable, build_lookout, cpu_model, crate_version,  # noqa: E402
+                    rustc_version, setup_venv, start_broker)
+
 PYTHON_PACKAGES = ["confluent-kafka==2.16.1", "protobuf==7.36.2", "grpcio-tools==1.85.1"]
 
 # Per size: messages per repeat, repeats per run. The embedded broker keeps at most 5 MiB per
@@ -41,47 +40,13 @@ PYTHON_IMPLS = {
 }
 
 
-def sh(cmd, **kw):
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, cwd=ROOT, check=True, **kw)
-
-
-def setup_venv():
-    python = os.path.join(VENV, "bin", "python")
-    if not os.path.exists(python):
-        venv.create(VENV, with_pip=True)
-    sh([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *PYTHON_PACKAGES])
-    return python
-
-
 def build():
-    sh(["cargo", "build", "--release", "-p", "lookout", "--bin", "lookout"])
-    out = sh(["cargo", "bench", "-p", "lookout-bus", "--bench", "bus", "--no-run",
-              "--message-format=json"], stdout=subprocess.PIPE, text=True).stdout
-    for line in out.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "bus" \
-                and "bench" in msg["target"]["kind"]:
-            return os.path.join(ROOT, "target", "release", "lookout"), msg["executable"]
-    sys.exit("cargo did not report the bus bench executable")
-
-
-def start_broker(lookout):
-    os.makedirs(OUT, exist_ok=True)
-    log = open(os.path.join(OUT, "broker.log"), "w")
-    broker = subprocess.Popen([lookout, "broker", "--listen", "127.0.0.1:0"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=log, text=True)
-    first = broker.stdout.readline().strip()
-    m = re.fullmatch(r"listening on (\S+)", first)
-    if not m:
-        broker.kill()
-        sys.exit(f"the broker did not start: {first!r} (see bench/out/broker.log)")
-    return broker, m.group(1)
+    return build_lookout(), bench_executable("lookout-bus", "bus")
 
 
 def run_bench(cmd, notes):
     """Runs one bench; returns its JSON lines. Retention warnings are kept as notes."""
-    print("+", " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd),
+    print("+", " ".join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in cmd),
           file=sys.stderr, flush=True)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     sys.stderr.write(done.stderr)
@@ -92,21 +57,14 @@ def run_bench(cmd, notes):
 
 
 def versions(python):
-    lock = open(os.path.join(ROOT, "Cargo.lock")).read()
-
-    def crate(name):
-        m = re.search(rf'name = "{name}"\nversion = "([^"]+)"', lock)
-        return m.group(1) if m else "?"
-
+    crate = crate_version
     py = subprocess.run([python, "-c", (
         "import sys, confluent_kafka, google.protobuf as p;"
         "from google.protobuf.internal import api_implementation as a;"
         "print(sys.version.split()[0], confluent_kafka.__version__,"
         " confluent_kafka.libversion()[0], p.__version__, a.Type())")],
         capture_output=True, text=True, check=True).stdout.split()
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    rustc, cpu = rustc_version(), cpu_model()
     return [
         f"machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
         f"Lookout: {rustc.strip()}, rdkafka {crate('rdkafka')} "
@@ -157,9 +115,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
-    python = setup_venv()
+    python = setup_venv(PYTHON_PACKAGES)
     lookout, bench = build()
-    broker, addr = start_broker(lookout)
+    broker, addr = start_broker(lookout, "broker.log")
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     results, notes = [], []

@@ -9,36 +9,21 @@ import platform
 import statistics
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / "bench" / ".venv"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, bench_executable, setup_venv  # noqa: E402
+
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PY_PACKAGES = ["onnxruntime", "pillow", "numpy"]
 
 
 def python():
-    exe = VENV / "bin" / "python"
-    if not exe.exists():
-        venv.create(VENV, with_pip=True)
-    missing = subprocess.run([str(exe), "-c", "import onnxruntime, PIL, numpy"], capture_output=True)
-    if missing.returncode != 0:
-        subprocess.run([str(exe), "-m", "pip", "install", "-q", *PY_PACKAGES], check=True)
-    return str(exe)
+    return setup_venv(PY_PACKAGES)
 
 
 def bench_binary():
-    out = subprocess.run(
-        ["cargo", "bench", "-p", "lookout-predictor", "--bench", "predictor", "--no-run",
-         "--message-format", "json"],
-        cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "predictor" \
-                and msg.get("executable"):
-            return msg["executable"]
-    sys.exit("bench binary not found")
+    return bench_executable("lookout-predictor", "predictor")
 
 
 def run(cmd, env=None):

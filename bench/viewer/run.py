@@ -40,18 +40,17 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-import venv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import (OUT, ROOT, build_lookout, cpu_model, crate_version, free_port,  # noqa: E402
+                    rustc_version, setup_venv, start_broker)
+
 HERE = os.path.join(ROOT, "bench", "viewer")
-VENV = os.path.join(ROOT, "bench", ".venv")
-OUT = os.path.join(ROOT, "bench", "out")
 PYTHON_PACKAGES = ["confluent-kafka==2.16.1", "protobuf==7.36.2", "grpcio-tools==1.85.1",
                    "flask==3.1.3", "werkzeug==3.1.9", "waitress==3.0.2"]
 
@@ -67,7 +66,7 @@ CAMERA_BEHIND = 0.95  # a camera publishing under this share of FPS has fallen b
 LOAD_STOP = 97.0  # % of core 0 used by our load processes past which a climb stops
 # The embedded broker holds every fetch for the full fetch.wait.max.ms, even when a frame
 # arrives meanwhile, so a consumer gets the frames of each fetch.wait.max.ms at once (15 at
-# librdkafka's default of 500 ms, 1 or 2 at the 50 ms of Lookout's live mode). A real broker
+# librdkafka's default of 500 ms, 1 or 2 at 50 ms). A real broker
 # answers as soon as a frame is there: about one fetch per frame, one frame per fetch. 25 ms,
 # for both servers, gives that here: frames one by one (their gaps never below 20 ms at 30 fps),
 # and about 40 fetches per second per consumer, near a real broker's 30.
@@ -77,32 +76,8 @@ SERVERS = {"lookout": "Lookout viewer", "flask": "Flask + waitress"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def sh(cmd, **kw):
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, cwd=ROOT, check=True, **kw)
-
-
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def setup_venv():
-    python = os.path.join(VENV, "bin", "python")
-    if not os.path.exists(python):
-        venv.create(VENV, with_pip=True)
-    sh([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *PYTHON_PACKAGES])
-    return python
-
-
-def build():
-    sh(["cargo", "build", "--release", "-p", "lookout", "--bin", "lookout"])
-    return os.path.join(ROOT, "target", "release", "lookout")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url, timeout=30.0):
@@ -180,18 +155,6 @@ def wait_for(what, check, timeout):
             pass
         time.sleep(0.2)
     sys.exit(f"timed out waiting for {what} (logs in bench/out/)")
-
-
-def start_broker(lookout):
-    log_file = open(os.path.join(OUT, "viewer-broker.log"), "w")
-    broker = subprocess.Popen([lookout, "broker", "--listen", "127.0.0.1:0"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=log_file, text=True)
-    first = broker.stdout.readline().strip()
-    m = re.fullmatch(r"listening on (\S+)", first)
-    if not m:
-        broker.kill()
-        sys.exit(f"the broker did not start: {first!r} (see bench/out/viewer-broker.log)")
-    return broker, m.group(1)
 
 
 def start_camera(lookout, brokers):
@@ -389,12 +352,7 @@ def step(server, n, args, python, camera, camera_url, broker, broker_ports):
 
 
 def versions(python, lookout):
-    lock = open(os.path.join(ROOT, "Cargo.lock")).read()
-
-    def crate(name):
-        m = re.search(rf'name = "{name}"\nversion = "([^"]+)"', lock)
-        return m.group(1) if m else "?"
-
+    crate = crate_version
     py = subprocess.run([python, "-c", (
         "import sys, confluent_kafka, flask, waitress, google.protobuf as p;"
         "from importlib.metadata import version as v;"
@@ -402,9 +360,7 @@ def versions(python, lookout):
         " confluent_kafka.libversion()[0], v('flask'), v('werkzeug'), v('waitress'),"
         " p.__version__)")],
         capture_output=True, text=True, check=True).stdout.split()
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    rustc, cpu = rustc_version(), cpu_model()
     return [
         f"machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}; servers on core "
         f"{SERVER_CORE}, load generator, camera and broker on core {LOAD_CORE}",
@@ -460,12 +416,12 @@ def main():
 
     if not os.path.exists("/proc/self/stat") or os.cpu_count() < 2:
         sys.exit("needs Linux and 2 CPUs (one for the server, one for the load)")
-    python = setup_venv()
-    lookout = build()
+    python = setup_venv(PYTHON_PACKAGES)
+    lookout = build_lookout()
     os.makedirs(OUT, exist_ok=True)
     # This script and everything it starts run on the load core; servers are pinned apart.
     os.sched_setaffinity(0, {LOAD_CORE})
-    broker, addr = start_broker(lookout)
+    broker, addr = start_broker(lookout, "viewer-broker.log")
     broker_ports = listening_ports(broker.pid)
     camera, camera_url = start_camera(lookout, addr)
     started = time.monotonic()
