@@ -270,10 +270,13 @@ impl FrameBuffer {
 
     /// Waits for a frame that is not buffered yet while the reader may still bring it: until
     /// the reader has gone past it, or the frame's partition brought nothing for `timeout`
-    /// (the reader is at its end), or at most `4 × timeout` (the reader is stuck or not
-    /// started). `None` when the frame did not come.
+    /// (the reader is at its end), or at most `4 × timeout` of reading (the reader is stuck).
+    /// A reader that has not started yet is still finding where to start, which takes seconds
+    /// after a restart on a loaded machine: that is waited for up to `20 × timeout`. `None`
+    /// when the frame did not come.
     pub async fn wait_for(&self, camera: &str, sequence: u64, timeout: Duration) -> Option<Bytes> {
-        let cap = Instant::now() + timeout * 4;
+        let start_cap = Instant::now() + timeout * 20;
+        let mut reading_cap = None;
         loop {
             if let Some(frame) = self.get(camera, sequence) {
                 return Some(frame);
@@ -281,12 +284,18 @@ impl FrameBuffer {
             if let Some(at) = self.position(camera, sequence) {
                 return self.fetch(camera, sequence, at).await;
             }
-            match self.whereabouts(camera, sequence) {
+            let cap = match self.whereabouts(camera, sequence) {
                 Whereabouts::Passed => return None,
                 Whereabouts::Ahead { idle } if idle >= timeout => return None,
-                _ if Instant::now() >= cap => return None,
-                _ => tokio::time::sleep(FRAME_POLL).await,
+                Whereabouts::Ahead { .. } => {
+                    *reading_cap.get_or_insert_with(|| Instant::now() + timeout * 4)
+                }
+                Whereabouts::NotReading => start_cap,
+            };
+            if Instant::now() >= cap {
+                return None;
             }
+            tokio::time::sleep(FRAME_POLL).await;
         }
     }
 
@@ -621,10 +630,10 @@ mod tests {
     async fn waiting_for_a_frame_lasts_while_the_reader_may_bring_it() {
         let b = FrameBuffer::new(8, 8, Duration::from_secs(60), Health::for_tests(true));
         let wait = Duration::from_millis(100);
-        // Not reading yet: waits up to four times the timeout.
+        // Not reading yet (still finding where to start): waits up to 20 times the timeout.
         let started = Instant::now();
         assert_eq!(b.wait_for("a", 7, wait).await, None);
-        assert!(started.elapsed() >= wait * 4);
+        assert!(started.elapsed() >= wait * 20);
         // Reading, and the frame comes.
         b.reading(6);
         let (got, ()) = tokio::join!(b.wait_for("a", 7, wait), async {
