@@ -1,16 +1,21 @@
 //! Bus throughput through Lookout's typed API: produce and consume `Frame`s of a given encoded
-//! size, protobuf encoding and decoding included. One JSON line per measurement on stdout.
+//! size, protobuf encoding and decoding included; and the same traffic through raw rdkafka
+//! (`BaseProducer`/`BaseConsumer`: no headers, no protobuf, nothing per message but the
+//! client's own work), the limit on this broker. One JSON line per measurement on stdout.
 //!
 //! ```sh
 //! cargo bench -p lookout-bus --bench bus -- --brokers 127.0.0.1:9092 --size 100 --messages 100000
+//! cargo bench -p lookout-bus --bench bus -- --impl raw --brokers 127.0.0.1:9092 --size 100
 //! ```
 //!
 //! Each repeat works in a fresh topic prefix (`{prefix}r{i}.`): one warm-up frame is sent and
 //! acknowledged first (it creates the topic and connects the producer), then `--messages`
-//! frames are timed from the first enqueue until every one is acknowledged. A new consumer
-//! group then reads the topic from the beginning, timed from the first handled frame (the
-//! warm-up) to the last, so group start-up is not counted. `bench/bus/bench_confluent.py` does
-//! the same with Python confluent-kafka; `bench/bus/run.py` runs both.
+//! frames are timed from the first enqueue until every one is acknowledged. New consumer
+//! groups then read the topic from the beginning, timed from the first handled frame (the
+//! warm-up) to the last, so group start-up is not counted: with Lookout, once with
+//! `Subscriber::run` (one message per handler call) and once with `Subscriber::run_batched`
+//! (up to 1000 per call). `bench/bus/bench_confluent.py` does the same with Python
+//! confluent-kafka; `bench/bus/run.py` runs all of them.
 
 use std::{
     process::ExitCode,
@@ -22,7 +27,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use lookout_bus::{Bus, BusConfig, BusError, Compression, Incoming, admin, topics};
+use lookout_bus::{Bus, BusConfig, BusError, Compression, Incoming, Rejected, admin, topics};
 use lookout_proto::{
     Timestamp,
     v1::{Encoding, Frame},
@@ -36,6 +41,7 @@ const FIRST_SEQUENCE: u64 = 1 << 21;
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Args {
+    raw: bool,
     brokers: String,
     size: usize,
     messages: u64,
@@ -45,6 +51,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
+        raw: false,
         brokers: "127.0.0.1:9092".into(),
         size: 100,
         messages: 100_000,
@@ -64,6 +71,13 @@ fn parse_args() -> Result<Args, String> {
             "--messages" => args.messages = value.parse().map_err(bad)?,
             "--prefix" => args.prefix = value,
             "--repeat" => args.repeat = value.parse().map_err(bad)?,
+            "--impl" => {
+                args.raw = match value.as_str() {
+                    "lookout" => false,
+                    "raw" => true,
+                    _ => return Err(format!("--impl is lookout or raw, not {value}")),
+                }
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -93,10 +107,10 @@ fn frame_of_size(size: usize) -> Frame {
 }
 
 /// One measurement as a JSON line.
-fn report(op: &str, size: usize, messages: u64, seconds: f64) {
+fn report(implementation: &str, op: &str, size: usize, messages: u64, seconds: f64) {
     let rate = messages as f64 / seconds;
     println!(
-        r#"{{"impl":"lookout-rust","op":"{op}","size":{size},"messages":{messages},"seconds":{seconds:.6},"msg_per_s":{rate:.1},"mb_per_s":{:.3}}}"#,
+        r#"{{"impl":"{implementation}","op":"{op}","size":{size},"messages":{messages},"seconds":{seconds:.6},"msg_per_s":{rate:.1},"mb_per_s":{:.3}}}"#,
         rate * size as f64 / 1e6
     );
 }
@@ -131,60 +145,207 @@ async fn retained(bus: &Bus) -> Result<(u64, bool), BusError> {
     Ok((kept, partitions.iter().any(|p| p.low > 0)))
 }
 
-/// Consumes `total` frames in a new group; returns the seconds from the first to the last.
-async fn consume(bus: &Bus, total: u64, data_len: usize) -> Result<f64, String> {
-    let count = Arc::new(AtomicU64::new(0));
-    let misshapen = Arc::new(AtomicU64::new(0));
-    let span = Arc::new(Mutex::new((None::<Instant>, None::<Instant>)));
-    let shutdown = CancellationToken::new();
-    let handler = {
-        let (count, misshapen) = (count.clone(), misshapen.clone());
-        let (span, shutdown) = (span.clone(), shutdown.clone());
-        move |m: Incoming<Frame>| {
-            let (count, misshapen) = (count.clone(), misshapen.clone());
-            let (span, shutdown) = (span.clone(), shutdown.clone());
-            async move {
-                if m.message.data.len() != data_len {
-                    misshapen.fetch_add(1, Ordering::Relaxed);
-                }
-                let done = count.fetch_add(1, Ordering::Relaxed) + 1;
-                if done == 1 {
-                    span.lock().expect("not poisoned").0 = Some(Instant::now());
-                }
-                if done == total {
-                    span.lock().expect("not poisoned").1 = Some(Instant::now());
-                    shutdown.cancel();
-                }
-                Ok(())
-            }
+/// Counts handled frames and notes the time of the first and the last.
+#[derive(Clone)]
+struct Tally {
+    count: Arc<AtomicU64>,
+    misshapen: Arc<AtomicU64>,
+    span: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
+    total: u64,
+    data_len: usize,
+    shutdown: CancellationToken,
+}
+
+impl Tally {
+    fn new(total: u64, data_len: usize) -> Self {
+        Self {
+            count: Arc::default(),
+            misshapen: Arc::default(),
+            span: Arc::default(),
+            total,
+            data_len,
+            shutdown: CancellationToken::new(),
         }
-    };
-    let group = format!("{}bench", bus.config().topic_prefix);
-    let subscriber = bus.subscriber(&topics::FRAMES, &group);
-    let timer = {
-        let shutdown = shutdown.clone();
+    }
+
+    fn frames(&self, frames: impl Iterator<Item = usize>) {
+        let mut n = 0;
+        for len in frames {
+            if len != self.data_len {
+                self.misshapen.fetch_add(1, Ordering::Relaxed);
+            }
+            n += 1;
+        }
+        let before = self.count.fetch_add(n, Ordering::Relaxed);
+        if before == 0 {
+            self.span.lock().expect("not poisoned").0 = Some(Instant::now());
+        }
+        if before + n >= self.total {
+            self.span.lock().expect("not poisoned").1 = Some(Instant::now());
+            self.shutdown.cancel();
+        }
+    }
+
+    fn seconds(&self) -> Result<f64, String> {
+        let handled = self.count.load(Ordering::Relaxed);
+        let misshapen = self.misshapen.load(Ordering::Relaxed);
+        if misshapen > 0 {
+            return Err(format!("{misshapen} frames decoded with the wrong data length"));
+        }
+        match *self.span.lock().expect("not poisoned") {
+            (Some(first), Some(last)) if handled == self.total => Ok((last - first).as_secs_f64()),
+            _ => Err(format!("handled {handled} of {} frames in {CONSUME_TIMEOUT:?}", self.total)),
+        }
+    }
+
+    /// Stops the consumer after [`CONSUME_TIMEOUT`] (messages lost to retention).
+    fn guard(&self) -> tokio::task::JoinHandle<()> {
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             tokio::time::sleep(CONSUME_TIMEOUT).await;
             shutdown.cancel();
         })
+    }
+}
+
+/// Consumes `total` frames in a new group, one per handler call or in batches of up to 1000;
+/// returns the seconds from the first to the last.
+async fn consume(bus: &Bus, total: u64, data_len: usize, batched: bool) -> Result<f64, String> {
+    let tally = Tally::new(total, data_len);
+    let group = format!("{}bench-{batched}", bus.config().topic_prefix);
+    let subscriber = bus.subscriber(&topics::FRAMES, &group);
+    let timer = tally.guard();
+    let shutdown = tally.shutdown.clone();
+    let ran = if batched {
+        let tally = tally.clone();
+        let handler = move |batch: Vec<Incoming<Frame>>| {
+            tally.frames(batch.iter().map(|m| m.message.data.len()));
+            async { Ok(Rejected::none()) }
+        };
+        subscriber.run_batched(1000, Duration::ZERO, handler, shutdown).await
+    } else {
+        let tally = tally.clone();
+        let handler = move |m: Incoming<Frame>| {
+            tally.frames(std::iter::once(m.message.data.len()));
+            async { Ok(()) }
+        };
+        subscriber.run(handler, shutdown).await
     };
-    subscriber.run(handler, shutdown).await.map_err(|e| e.to_string())?;
+    ran.map_err(|e| e.to_string())?;
     timer.abort();
-    let handled = count.load(Ordering::Relaxed);
-    let misshapen = misshapen.load(Ordering::Relaxed);
-    if misshapen > 0 {
-        return Err(format!("{misshapen} frames decoded with the wrong data length"));
+    tally.seconds()
+}
+
+/// Raw rdkafka: the same frames as bytes, no headers, one `BaseProducer` polled every 1000
+/// messages; returns the timed seconds.
+fn produce_raw(brokers: &str, topic: &str, frame: &Frame, n: u64) -> Result<f64, String> {
+    use rdkafka::{
+        ClientConfig,
+        producer::{BaseProducer, BaseRecord, Producer as _},
+    };
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "none")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut frame = frame.clone();
+    frame.sequence = FIRST_SEQUENCE - 1;
+    let warm = frame.encode_to_vec();
+    producer
+        .send(BaseRecord::<str, [u8]>::to(topic).key("bench").payload(&warm))
+        .map_err(|(e, _)| e.to_string())?;
+    producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    // The bytes are made before the clock starts: no protobuf in the loop.
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            frame.sequence = FIRST_SEQUENCE + i;
+            frame.encode_to_vec()
+        })
+        .collect();
+    let started = Instant::now();
+    for (i, payload) in payloads.iter().enumerate() {
+        let partition = ((FIRST_SEQUENCE + i as u64) % 4) as i32;
+        let mut record =
+            BaseRecord::<str, [u8]>::to(topic).key("bench").payload(payload).partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+        if i % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
     }
-    match *span.lock().expect("not poisoned") {
-        (Some(first), Some(last)) if handled == total => Ok((last - first).as_secs_f64()),
-        _ => Err(format!("handled {handled} of {total} frames in {CONSUME_TIMEOUT:?}")),
+    producer.flush(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Raw rdkafka: a `BaseConsumer` in a new group counts `total` messages, decoding nothing.
+fn consume_raw(brokers: &str, topic: &str, group: &str, total: u64) -> Result<f64, String> {
+    use rdkafka::{
+        ClientConfig,
+        consumer::{BaseConsumer, Consumer as _},
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    let (mut count, mut first) = (0u64, None);
+    while count < total && Instant::now() < deadline {
+        if let Some(Ok(_m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            count += 1;
+        }
     }
+    match first {
+        Some(first) if count == total => Ok(first.elapsed().as_secs_f64()),
+        _ => Err(format!("raw: handled {count} of {total} frames in {CONSUME_TIMEOUT:?}")),
+    }
+}
+
+async fn run_raw(args: &Args) -> Result<(), String> {
+    let frame = frame_of_size(args.size);
+    let size = frame.encoded_len();
+    let (mut produced, mut produce_s, mut consumed, mut consume_s) = (0, 0.0, 0, 0.0);
+    for r in 0..args.repeat {
+        let config = BusConfig::new(args.brokers.clone(), "lookout-bench")
+            .with_topic_prefix(format!("{}r{r}.", args.prefix));
+        let bus = Bus::new(config).map_err(|e| e.to_string())?;
+        let topic = bus.topic_name(topics::FRAMES.name());
+        let (brokers, t, f, n) =
+            (args.brokers.clone(), topic.clone(), frame.clone(), args.messages);
+        produce_s += tokio::task::spawn_blocking(move || produce_raw(&brokers, &t, &f, n))
+            .await
+            .map_err(|e| e.to_string())??;
+        produced += args.messages;
+        let (kept, _) = retained(&bus).await.map_err(|e| e.to_string())?;
+        let (brokers, group) = (args.brokers.clone(), format!("{}raw", args.prefix));
+        consume_s +=
+            tokio::task::spawn_blocking(move || consume_raw(&brokers, &topic, &group, kept))
+                .await
+                .map_err(|e| e.to_string())??;
+        consumed += kept - 1;
+    }
+    report("raw-rdkafka", "produce", size, produced, produce_s);
+    report("raw-rdkafka", "consume", size, consumed, consume_s);
+    Ok(())
 }
 
 async fn run(args: &Args) -> Result<(), String> {
     let frame = frame_of_size(args.size);
     let size = frame.encoded_len();
     let (mut produced, mut produce_s, mut consumed, mut consume_s) = (0, 0.0, 0, 0.0);
+    let mut batched_s = 0.0;
     for r in 0..args.repeat {
         let mut config = BusConfig::new(args.brokers.clone(), "lookout-bench")
             .with_topic_prefix(format!("{}r{r}.", args.prefix));
@@ -202,11 +363,13 @@ async fn run(args: &Args) -> Result<(), String> {
             );
         }
         // The first frame handled starts the clock, so `kept - 1` frames are timed.
-        consume_s += consume(&bus, kept, frame.data.len()).await?;
+        consume_s += consume(&bus, kept, frame.data.len(), false).await?;
+        batched_s += consume(&bus, kept, frame.data.len(), true).await?;
         consumed += kept - 1;
     }
-    report("produce", size, produced, produce_s);
-    report("consume", size, consumed, consume_s);
+    report("lookout-rust", "produce", size, produced, produce_s);
+    report("lookout-rust", "consume", size, consumed, consume_s);
+    report("lookout-rust-batched", "consume", size, consumed, batched_s);
     Ok(())
 }
 
@@ -217,12 +380,13 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("bus bench: {e}");
             eprintln!(
-                "usage: bus [--brokers ADDR] [--size BYTES] [--messages N] [--prefix P] [--repeat R]"
+                "usage: bus [--impl lookout|raw] [--brokers ADDR] [--size BYTES] [--messages N] [--prefix P] [--repeat R]"
             );
             return ExitCode::from(64);
         }
     };
-    match run(&args).await {
+    let ran = if args.raw { run_raw(&args).await } else { run(&args).await };
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bus bench: {e}");

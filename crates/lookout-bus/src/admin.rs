@@ -9,7 +9,6 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::RDKafkaErrorCode,
-    producer::Producer as _,
 };
 use tracing::{info, warn};
 
@@ -66,9 +65,13 @@ fn kafka(topic: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> BusError + '
 }
 
 fn probe(bus: &Bus, group: &str) -> Result<BaseConsumer, BusError> {
-    bus.client_config(&[("group.id", group), ("enable.auto.commit", "false")])
-        .create()
-        .map_err(BusError::Config)
+    bus.client_config(&[
+        ("group.id", group),
+        ("enable.auto.commit", "false"),
+        ("allow.auto.create.topics", "false"),
+    ])
+    .create()
+    .map_err(BusError::Config)
 }
 
 /// The partition count of a topic (blocking).
@@ -77,10 +80,11 @@ pub(crate) fn partition_count_blocking(bus: &Bus, topic: &str) -> Result<i32, Bu
 }
 
 /// The partition ids of `topic` (its full name, prefix included), from the brokers' metadata;
-/// [`BusError::UnknownTopic`] when it does not exist. Blocking: call it off the async threads.
+/// [`BusError::UnknownTopic`] when it does not exist (asking does not create it, whatever the
+/// brokers' `auto.create.topics.enable`). Blocking: call it off the async threads.
 pub fn partitions_blocking(bus: &Bus, topic: &str) -> Result<Vec<i32>, BusError> {
     let metadata =
-        bus.producer().client().fetch_metadata(Some(topic), TIMEOUT).map_err(kafka(topic))?;
+        probe(bus, "lookout-admin")?.fetch_metadata(Some(topic), TIMEOUT).map_err(kafka(topic))?;
     let ids: Vec<i32> = metadata
         .topics()
         .iter()

@@ -74,9 +74,9 @@ pub struct BusConfig {
     pub kafka_opts: Vec<KafkaOpt>,
     /// Prepended to every topic name, e.g. `staging.` (empty by default).
     pub topic_prefix: String,
-    /// Producing service, sent in the `lookout-service` header.
+    /// Producing service, in the Kafka client id (`service@instance`).
     pub service: String,
-    /// Producing replica, sent in the `lookout-instance` header.
+    /// Producing replica, in the Kafka client id.
     pub instance: String,
     /// Producer compression.
     pub compression: Compression,

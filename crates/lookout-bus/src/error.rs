@@ -72,9 +72,66 @@ pub enum BusError {
         hint: &'static str,
     },
 
+    /// A partition the topic does not have.
+    #[error("topic {topic} has no partition {partition} (it has {partitions})")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i32,
+        /// How many it has.
+        partitions: i32,
+    },
+
     /// The embedded broker could not be started or changed.
     #[error("embedded broker: {0}")]
     Embedded(String),
+
+    /// A handler panicked: the consumer stops, so the service fails and is restarted. The
+    /// message it was on is not acknowledged and comes again.
+    #[error("the handler for {topic}/{partition} panicked: {message}")]
+    HandlerPanicked {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The panic's message.
+        message: String,
+    },
+
+    /// A handler said it cannot go on ([`HandlerError::Fatal`]).
+    #[error("the handler for {topic}/{partition} cannot go on: {reason}")]
+    HandlerFailed {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The handler's reason.
+        reason: String,
+    },
+
+    /// A message could not be dead-lettered and retrying would not help (the dead-letter
+    /// topic does not exist, or writing to it is not allowed): the consumer stops rather than
+    /// skip the message or retry for ever.
+    #[error("cannot dead-letter {message} to {dlq}: {reason}")]
+    DeadLetter {
+        /// The message, as `topic/partition@offset`.
+        message: String,
+        /// The dead-letter topic.
+        dlq: String,
+        /// The producer's error.
+        reason: String,
+    },
+
+    /// The consumer broke an invariant of its own (a message arrived outside any partition
+    /// task); it stops rather than lose the message.
+    #[error("consumer of group {group}: {reason}")]
+    Internal {
+        /// Consumer group.
+        group: String,
+        /// What went wrong.
+        reason: String,
+    },
 
     /// A socket error of the embedded broker's listener.
     #[error("embedded broker listener on {addr}: {source}")]
@@ -87,15 +144,39 @@ pub enum BusError {
     },
 }
 
-/// A handler's verdict on a message it could not handle.
-#[derive(Debug, thiserror::Error)]
+/// A handler's verdict on a message (or a batch) it could not handle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// A transient failure (a database outage, a full downstream): the same message is offered
-    /// again after a backoff, and its offset is not stored until it succeeds.
+    /// A failure that may pass (a database outage, a full downstream, a broker away): the same
+    /// message is offered again after a backoff, its partition is paused meanwhile (the other
+    /// partitions go on), and its offset is not stored until it succeeds.
     #[error("transient: {0}")]
-    Retry(String),
-    /// The message can never be handled: it goes to the dead-letter topic with this reason and
-    /// its offset is stored.
-    #[error("rejected: {0}")]
-    Reject(String),
+    Transient(String),
+    /// The message can never be handled (bad data): it goes to the dead-letter topic with this
+    /// reason and its offset is stored. A batch handler that answers this for a batch of
+    /// several messages gets them again one at a time, so only the bad ones are dead-lettered.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The handler cannot go on at all (a misconfiguration, a resource that will not come):
+    /// the subscriber stops with [`BusError::HandlerFailed`], the message is not acknowledged,
+    /// and the service fails loudly instead of retrying for ever.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl HandlerError {
+    /// A transient failure with this reason.
+    pub fn transient(reason: impl std::fmt::Display) -> Self {
+        Self::Transient(reason.to_string())
+    }
+
+    /// A permanent failure with this reason.
+    pub fn permanent(reason: impl std::fmt::Display) -> Self {
+        Self::Permanent(reason.to_string())
+    }
+
+    /// A fatal failure with this reason.
+    pub fn fatal(reason: impl std::fmt::Display) -> Self {
+        Self::Fatal(reason.to_string())
+    }
 }

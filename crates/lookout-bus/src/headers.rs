@@ -1,17 +1,20 @@
-//! The headers every Lookout message carries, and W3C trace context.
+//! The headers Lookout messages carry, how `content-type` values are read, and W3C trace
+//! context.
+//!
+//! Every message is published with two headers:
+//!
+//! | header | value |
+//! |---|---|
+//! | `content-type` | `application/x-protobuf; messageType=lookout.v1.Frame` |
+//! | `traceparent` | W3C trace context; a message derived from another continues its trace |
+//!
+//! The producing service and replica are in the Kafka client id (`service@instance`), and the
+//! produce time is the record's Kafka timestamp.
 
-use std::time::SystemTime;
+use bytes::{Bytes, BytesMut};
 
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-
-/// Fully qualified protobuf type of the payload, e.g. `lookout.v1.Frame`.
+/// The payload's type: `application/x-protobuf; messageType=<full protobuf name>`.
 pub const CONTENT_TYPE: &str = "content-type";
-/// Name of the producing service, e.g. `lookout-camera`.
-pub const SERVICE: &str = "lookout-service";
-/// The producing replica.
-pub const INSTANCE: &str = "lookout-instance";
-/// When the message was handed to the producer, Unix milliseconds as decimal text.
-pub const PRODUCED_AT: &str = "lookout-produced-at";
 /// W3C trace context: `00-<trace id>-<span id>-<flags>`.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -25,6 +28,168 @@ pub const DLQ_OFFSET: &str = "dlq-original-offset";
 pub const DLQ_ERROR: &str = "dlq-error";
 /// The consumer group that gave up on it.
 pub const DLQ_GROUP: &str = "dlq-group";
+/// Set when the payload was cut to fit the producer's size limit: the original size in bytes.
+pub const DLQ_TRUNCATED: &str = "dlq-truncated-from";
+
+/// What a `content-type` header says about a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType<'a> {
+    /// Protobuf, naming the message type (`lookout.v1.Frame`) or not (`None`).
+    Protobuf(Option<&'a str>),
+    /// Anything else (`application/json`, …).
+    Other(&'a str),
+}
+
+/// Reads a `content-type` header value. Accepted protobuf forms:
+///
+/// - `application/x-protobuf; messageType=lookout.v1.Frame` (what Lookout publishes),
+/// - `application/protobuf; proto=lookout.v1.Frame` (either parameter with either media type),
+/// - `application/x-protobuf` or `application/protobuf` without a type,
+/// - the bare full name, `lookout.v1.Frame`.
+///
+/// Media types and parameter names are case-insensitive; parameter values may be quoted.
+pub fn parse_content_type(value: &str) -> ContentType<'_> {
+    let value = value.trim();
+    let mut parts = value.split(';');
+    let media = parts.next().unwrap_or_default().trim();
+    if !media.contains('/') {
+        // A bare type name: `lookout.v1.Frame`.
+        return if media.is_empty() || value.contains(';') {
+            ContentType::Other(value)
+        } else {
+            ContentType::Protobuf(Some(media))
+        };
+    }
+    let protobuf =
+        ["application/x-protobuf", "application/protobuf", "application/vnd.google.protobuf"]
+            .iter()
+            .any(|m| media.eq_ignore_ascii_case(m));
+    if !protobuf {
+        return ContentType::Other(value);
+    }
+    let named = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        let k = k.trim();
+        (k.eq_ignore_ascii_case("messageType") || k.eq_ignore_ascii_case("proto"))
+            .then(|| v.trim().trim_matches('"'))
+            .filter(|v| !v.is_empty())
+    });
+    ContentType::Protobuf(named)
+}
+
+/// A record's headers in their order, keys as text and values as bytes, all in one buffer.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    buf: Bytes,
+    spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    key: (u32, u32),
+    /// `None` for a header without a value.
+    value: Option<(u32, u32)>,
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, v)| (k, v.map(String::from_utf8_lossy))))
+            .finish()
+    }
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// These headers plus one more (a builder, for raw publishing and tests).
+    pub fn with(self, key: &str, value: impl AsRef<[u8]>) -> Self {
+        let mut b = HeadersBuilder::with_capacity(self.buf.len() + key.len() + 64);
+        for (k, v) in self.iter() {
+            b.push(k, v);
+        }
+        b.push(key, Some(value.as_ref()));
+        b.finish()
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Every header in order: (key, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.spans.iter().map(|s| {
+            let key = std::str::from_utf8(&self.buf[s.key.0 as usize..s.key.1 as usize])
+                .unwrap_or_default();
+            let value = s.value.map(|(a, b)| &self.buf[a as usize..b as usize]);
+            (key, value)
+        })
+    }
+
+    /// The value of the first header named `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v)
+    }
+
+    /// The value of the first header named `key`, when it is UTF-8.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header as (key, UTF-8 lossy value) pairs, for inspection tools.
+    pub fn to_strings(&self) -> Vec<(String, String)> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.map(String::from_utf8_lossy).unwrap_or_default().into()))
+            .collect()
+    }
+
+    /// The `content-type` header, read.
+    pub fn content_type(&self) -> Option<ContentType<'_>> {
+        self.get_str(CONTENT_TYPE).map(parse_content_type)
+    }
+
+    /// The `traceparent` header, when present and well-formed.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.get_str(TRACEPARENT).and_then(TraceContext::parse)
+    }
+}
+
+/// Builds [`Headers`] into one buffer.
+#[derive(Debug)]
+pub(crate) struct HeadersBuilder {
+    buf: BytesMut,
+    spans: Vec<Span>,
+}
+
+impl HeadersBuilder {
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        Self { buf: BytesMut::with_capacity(bytes), spans: Vec::new() }
+    }
+
+    pub(crate) fn push(&mut self, key: &str, value: Option<&[u8]>) {
+        let k0 = self.buf.len() as u32;
+        self.buf.extend_from_slice(key.as_bytes());
+        let k1 = self.buf.len() as u32;
+        let value = value.map(|v| {
+            self.buf.extend_from_slice(v);
+            (k1, self.buf.len() as u32)
+        });
+        self.spans.push(Span { key: (k0, k1), value });
+    }
+
+    pub(crate) fn finish(self) -> Headers {
+        Headers { buf: self.buf.freeze(), spans: self.spans }
+    }
+}
 
 /// A W3C trace context (<https://www.w3.org/TR/trace-context/>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +205,16 @@ pub struct TraceContext {
 impl TraceContext {
     /// Starts a new trace.
     pub fn new_root() -> Self {
-        Self { trace_id: nonzero_u128(), span_id: nonzero_u64(), sampled: true }
+        Self {
+            trace_id: rand::random::<u128>() | 1,
+            span_id: rand::random::<u64>() | 1,
+            sampled: true,
+        }
     }
 
     /// A new span in the same trace, for a message derived from this one.
     pub fn child(&self) -> Self {
-        Self { span_id: nonzero_u64(), ..*self }
+        Self { span_id: rand::random::<u64>() | 1, ..*self }
     }
 
     /// The 32 hex digit trace id.
@@ -55,7 +224,24 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub fn to_header(&self) -> String {
-        format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
+        String::from_utf8(self.header_bytes().to_vec()).expect("hex digits are ASCII")
+    }
+
+    /// The `traceparent` header value, without allocating: `00-<32 hex>-<16 hex>-<2 hex>`.
+    pub fn header_bytes(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 55];
+        out[0] = b'0';
+        out[1] = b'0';
+        for i in 0..32 {
+            out[3 + i] = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..16 {
+            out[36 + i] = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out[53] = b'0';
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        out
     }
 
     /// Parses a `traceparent` header value; `None` when malformed or all-zero.
@@ -75,93 +261,7 @@ impl TraceContext {
     }
 }
 
-fn nonzero_u128() -> u128 {
-    loop {
-        let v: u128 = rand::random();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
-fn nonzero_u64() -> u64 {
-    loop {
-        let v: u64 = rand::random();
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
 pub use lookout_proto::unix_millis;
-
-/// The standard headers of a message.
-pub(crate) fn standard(
-    content_type: &str,
-    service: &str,
-    instance: &str,
-    trace: &TraceContext,
-) -> OwnedHeaders {
-    let produced_at = unix_millis(SystemTime::now()).to_string();
-    let traceparent = trace.to_header();
-    OwnedHeaders::new_with_capacity(5)
-        .insert(Header { key: CONTENT_TYPE, value: Some(content_type) })
-        .insert(Header { key: SERVICE, value: Some(service) })
-        .insert(Header { key: INSTANCE, value: Some(instance) })
-        .insert(Header { key: PRODUCED_AT, value: Some(&produced_at) })
-        .insert(Header { key: TRACEPARENT, value: Some(&traceparent) })
-}
-
-/// The headers of a received message, parsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageHeaders {
-    /// `content-type`.
-    pub content_type: Option<String>,
-    /// `lookout-service`.
-    pub service: Option<String>,
-    /// `lookout-instance`.
-    pub instance: Option<String>,
-    /// `lookout-produced-at`, Unix milliseconds.
-    pub produced_at_ms: Option<i64>,
-    /// `traceparent`.
-    pub trace: Option<TraceContext>,
-}
-
-impl MessageHeaders {
-    /// Reads the standard headers; unknown headers are ignored.
-    pub fn from_kafka<H: Headers>(headers: Option<&H>) -> Self {
-        let mut out = Self::default();
-        let Some(headers) = headers else { return out };
-        for h in headers.iter() {
-            let Some(value) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
-                continue;
-            };
-            match h.key {
-                CONTENT_TYPE => out.content_type = Some(value.to_owned()),
-                SERVICE => out.service = Some(value.to_owned()),
-                INSTANCE => out.instance = Some(value.to_owned()),
-                PRODUCED_AT => out.produced_at_ms = value.parse().ok(),
-                TRACEPARENT => out.trace = TraceContext::parse(value),
-                _ => {}
-            }
-        }
-        out
-    }
-}
-
-/// Every header of a message as (key, UTF-8 lossy value) pairs, for inspection tools.
-pub fn all<H: Headers>(headers: Option<&H>) -> Vec<(String, String)> {
-    headers
-        .map(|hs| {
-            hs.iter()
-                .map(|h| {
-                    let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                    (h.key.to_owned(), v.into_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {
@@ -174,6 +274,8 @@ mod tests {
         let c = t.child();
         assert_eq!(c.trace_id, t.trace_id);
         assert_ne!(c.span_id, t.span_id);
+        let fixed = TraceContext { trace_id: 0xab, span_id: 0xcd, sampled: false };
+        assert_eq!(fixed.to_header(), format!("00-{:032x}-{:016x}-00", 0xab, 0xcd));
     }
 
     #[test]
@@ -185,5 +287,34 @@ mod tests {
         let t = TraceContext::parse(ok).unwrap();
         assert_eq!(t.to_header(), ok);
         assert!(t.sampled);
+    }
+
+    #[test]
+    fn content_type_forms() {
+        use ContentType::*;
+        let frame = Protobuf(Some("lookout.v1.Frame"));
+        assert_eq!(
+            parse_content_type("application/x-protobuf; messageType=lookout.v1.Frame"),
+            frame
+        );
+        assert_eq!(
+            parse_content_type("Application/X-Protobuf;MessageType=\"lookout.v1.Frame\""),
+            frame
+        );
+        assert_eq!(parse_content_type("application/protobuf; proto=lookout.v1.Frame"), frame);
+        assert_eq!(parse_content_type("lookout.v1.Frame"), frame);
+        assert_eq!(parse_content_type("application/x-protobuf"), Protobuf(None));
+        assert_eq!(parse_content_type("application/json"), Other("application/json"));
+        assert_eq!(parse_content_type(""), Other(""));
+    }
+
+    #[test]
+    fn headers_keep_order_and_values() {
+        let h = Headers::new().with("a", "1").with(CONTENT_TYPE, "lookout.v1.Frame").with("a", "2");
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.get_str("a"), Some("1"), "the first of a repeated key");
+        assert_eq!(h.content_type(), Some(ContentType::Protobuf(Some("lookout.v1.Frame"))));
+        let pairs = h.to_strings();
+        assert_eq!(pairs[2], ("a".to_owned(), "2".to_owned()));
     }
 }

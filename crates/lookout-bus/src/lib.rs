@@ -1,15 +1,19 @@
-//! The typed Kafka bus every Lookout service uses.
+//! The typed Kafka bus every Lookout service uses. No other crate of the workspace talks to
+//! Kafka (or depends on rdkafka): what a service needs, the bus offers.
 //!
 //! - [`Bus`] holds one producer and the configuration ([`BusConfig`]); clone it freely.
-//! - [`Publisher`] sends messages of one topic's type, with the standard [`headers`]
-//!   (content type, service, instance, produce time, W3C `traceparent`), idempotence on,
-//!   oversize messages refused before they are sent, and a full local queue turned into
-//!   backpressure.
-//! - [`Subscriber`] consumes a topic in a consumer group at least once: an offset is stored
-//!   only after the handler succeeded, each partition is handled in order by its own task with
-//!   a bounded queue, and a message that does not decode goes to the dead-letter topic
-//!   (`lookout.dlq`) with its origin and the error in headers.
-//! - [`LiveSubscription`] is for viewers: no group, no commits, starting at the newest message.
+//! - [`Publisher`] sends messages of one topic's type with two headers (`content-type:
+//!   application/x-protobuf; messageType=…` and W3C `traceparent`), idempotence on, oversize
+//!   messages refused before they are sent, and a full local queue turned into backpressure.
+//! - [`Subscriber`] consumes a topic in a consumer group at least once, each partition read
+//!   from its own queue by its own task ([`consumer`] explains the design): one message at a
+//!   time ([`Subscriber::run`]) or in batches ([`Subscriber::run_batched`]); an offset is
+//!   stored only after the handler succeeded; a message that does not decode, or that the
+//!   handler refuses for good, goes to the dead-letter topic ([`DeadLetters`]); a transient
+//!   failure pauses only its partition and is retried with a [`Backoff`].
+//! - [`Reader`] reads chosen partitions without a group from a time, an offset, the last N
+//!   messages or the end ([`Start`]), and fetches single messages by position;
+//!   [`LiveSubscription`] is a reader from the newest message, for viewers.
 //! - [`admin`] creates the registry's topics and describes them; [`embedded`] runs librdkafka's
 //!   mock cluster as a broker that needs no installation.
 //!
@@ -34,14 +38,18 @@
 //! ```
 
 pub mod admin;
+pub mod backoff;
 mod config;
-mod consumer;
+pub mod consumer;
+mod dead_letter;
 pub mod embedded;
 mod error;
 pub mod headers;
 mod live;
+mod message;
 pub mod metrics;
 mod publisher;
+mod reader;
 
 use std::{
     collections::HashMap,
@@ -55,40 +63,19 @@ use rdkafka::{
     producer::{FutureProducer, Producer as _},
 };
 
+pub use backoff::Backoff;
 pub use config::{BusConfig, Compression, KafkaOpt, default_instance};
-pub use consumer::{Incoming, MessageMeta, RawHandler, RawSubscriber, StartAt, Subscriber};
+pub use consumer::{
+    BatchHandler, Handler, RawHandler, RawSubscriber, Rejected, StartAt, Subscriber,
+};
+pub use dead_letter::{DeadLettered, DeadLetters};
 pub use error::{BusError, HandlerError};
-pub use headers::TraceContext;
+pub use headers::{Headers, TraceContext};
 pub use live::LiveSubscription;
 pub use lookout_proto::{BusMessage, Topic, topics};
+pub use message::{Incoming, MessageMeta, RawMessage};
 pub use publisher::{Delivered, Pending, Publisher};
-pub use rdkafka::message::OwnedMessage;
-
-/// A handler for messages of type `M`.
-///
-/// Return `Ok(())` when the message is done (its offset will be stored),
-/// [`HandlerError::Retry`] to get the same message again after a backoff, or
-/// [`HandlerError::Reject`] to dead-letter it. Closures `Fn(Incoming<M>) -> impl Future`
-/// are handlers.
-pub trait Handler<M>: Send + Sync + 'static {
-    /// Handles one message.
-    fn handle(&self, message: Incoming<M>)
-    -> impl Future<Output = Result<(), HandlerError>> + Send;
-}
-
-impl<M, F, Fut> Handler<M> for F
-where
-    M: Send + 'static,
-    F: Fn(Incoming<M>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send,
-{
-    fn handle(
-        &self,
-        message: Incoming<M>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        self(message)
-    }
-}
+pub use reader::{Fetcher, PartitionStart, Reader, ReaderBuilder, Start};
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: &str = "1000000";
@@ -169,6 +156,52 @@ impl Bus {
     /// A live subscription: starts at the newest message of each partition, commits nothing.
     pub fn live<M: BusMessage>(&self, topic: &Topic<M>) -> LiveSubscription<M> {
         LiveSubscription::new(self.clone(), *topic)
+    }
+
+    /// A reader of `topic` (its full name, prefix included) by position, without a group.
+    pub fn reader(&self, topic: &str) -> ReaderBuilder {
+        ReaderBuilder::new(self.clone(), topic)
+    }
+
+    /// Fetches single messages of `topic` (full name) by position.
+    pub fn fetcher(&self, topic: &str) -> Fetcher {
+        Fetcher::new(self.clone(), topic)
+    }
+
+    /// The dead-letter topic's writer.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.clone())
+    }
+
+    /// Publishes raw bytes with the given headers on `topic` (full name) and waits for the
+    /// acknowledgement (partition, offset): for tools and tests that write what the typed publishers would not
+    /// (another client's headers, bytes that are not a message).
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &Headers,
+    ) -> Result<(i32, i64), BusError> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let mut hs = OwnedHeaders::new_with_capacity(headers.len());
+        for (key, value) in headers.iter() {
+            hs = hs.insert(Header { key, value });
+        }
+        let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(topic).headers(hs);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        self.inner
+            .producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(source, _)| BusError::Delivery { topic: topic.to_owned(), source })
     }
 
     /// Waits until every message handed to the producer has been delivered or failed.

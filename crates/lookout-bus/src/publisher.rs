@@ -6,7 +6,7 @@ use std::{
 use lookout_proto::{BusMessage, Topic};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
-    message::OwnedHeaders,
+    message::{Header, OwnedHeaders},
     producer::{DeliveryFuture, FutureRecord},
 };
 
@@ -188,9 +188,10 @@ impl<M: BusMessage> Publisher<M> {
             }
         };
         let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
-        let config = self.bus.config();
-        let headers =
-            headers::standard(&self.content_type, &config.service, &config.instance, &trace);
+        let traceparent = trace.header_bytes();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header { key: headers::CONTENT_TYPE, value: Some(self.content_type.as_str()) })
+            .insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent[..]) });
         Ok(Prepared { key: message.key().to_owned(), payload, partition, headers, trace })
     }
 

@@ -1,4 +1,5 @@
-//! The bus against a real Kafka-protocol broker (embedded, or `LOOKOUT_BROKERS`).
+//! The bus against a real Kafka-protocol broker (embedded, or `LOOKOUT_BROKERS`): round trips,
+//! dead letters, content types, restarts, retries, readers by position, live subscriptions.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +11,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use lookout_bus::{BusError, HandlerError, Incoming, LiveSubscription, headers, topics};
+use lookout_bus::{
+    BusError, HandlerError, Headers, Incoming, LiveSubscription, RawMessage, Start, headers, topics,
+};
 use lookout_proto::{
     BusMessage, Topic, timestamp,
     v1::{
@@ -20,7 +23,7 @@ use lookout_proto::{
 };
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
 use rdkafka::{
-    ClientConfig, Message as _,
+    ClientConfig,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
@@ -49,7 +52,7 @@ async fn round_trip<M: BusMessage + Clone + PartialEq + std::fmt::Debug>(
     let sub = bus.subscriber(topic, "round-trip").run(
         move |m: Incoming<M>| {
             let tx = tx.clone();
-            async move { tx.send(m).await.map_err(|_| HandlerError::Retry("test ended".into())) }
+            async move { tx.send(m).await.map_err(|_| HandlerError::Transient("test ended".into())) }
         },
         shutdown.clone(),
     );
@@ -61,13 +64,21 @@ async fn round_trip<M: BusMessage + Clone + PartialEq + std::fmt::Debug>(
     assert_eq!(got.message, message);
     assert_eq!(got.meta.offset, delivered.offset);
     assert_eq!(got.meta.partition, delivered.partition);
-    assert_eq!(got.meta.key.as_deref(), Some(message.key()));
+    assert_eq!(got.meta.key_str(), Some(message.key()));
     let h = &got.meta.headers;
-    assert_eq!(h.content_type.as_deref(), Some(topic.content_type().as_str()));
-    assert_eq!(h.service.as_deref(), Some("lookout-test"));
-    assert_eq!(h.instance.as_deref(), Some(bus.config().instance.as_str()));
-    assert!(h.produced_at_ms.unwrap() > 1_600_000_000_000, "produce time is a recent Unix ms");
-    assert_eq!(h.trace, Some(delivered.trace), "traceparent carries the trace it was sent with");
+    assert_eq!(h.get_str(headers::CONTENT_TYPE), Some(topic.content_type().as_str()));
+    assert!(
+        topic.content_type().starts_with("application/x-protobuf; messageType=lookout.v1."),
+        "the conventional form: {}",
+        topic.content_type()
+    );
+    assert_eq!(h.len(), 2, "content type and traceparent only: {h:?}");
+    assert!(got.meta.timestamp_ms.unwrap() > 1_600_000_000_000, "produce time is a recent Unix ms");
+    assert_eq!(
+        got.meta.trace(),
+        Some(delivered.trace),
+        "traceparent carries the trace it was sent with"
+    );
     got
 }
 
@@ -114,6 +125,7 @@ async fn every_message_type_round_trips() {
             }),
             predictor_instance: "host-1".into(),
             predicted_time: Some(now),
+            skipped: lookout_proto::v1::SkipReason::Unspecified.into(),
         },
     )
     .await;
@@ -196,31 +208,12 @@ async fn garbage_goes_to_the_dead_letter_topic_and_later_messages_are_handled() 
         |seq| Prediction { camera_id: "cam".into(), frame_sequence: seq, ..Default::default() };
     predictions.send(&good(1)).await.unwrap();
     // Bytes that are not a protobuf message (wire type 7 does not exist).
-    let raw: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", t.brokers()).create().unwrap();
-    let garbage = raw
-        .send(
-            FutureRecord::to(&topic).key("cam").payload(&b"\xff\xff\xff\xff garbage"[..]).headers(
-                OwnedHeaders::new().insert(Header {
-                    key: headers::CONTENT_TYPE,
-                    value: Some("lookout.v1.Prediction"),
-                }),
-            ),
-            std::time::Duration::from_secs(10),
-        )
-        .await
-        .expect("garbage produced");
+    let garbage_bytes = &b"\xff\xff\xff\xff garbage"[..];
+    let typed = Headers::new().with(headers::CONTENT_TYPE, "lookout.v1.Prediction");
+    let garbage = bus.publish_raw(&topic, Some(b"cam"), Some(garbage_bytes), &typed).await.unwrap();
     // A well-formed message of the wrong type on this topic is refused too.
-    let wrong_type = raw
-        .send(
-            FutureRecord::to(&topic).key("cam").payload(&[] as &[u8]).headers(
-                OwnedHeaders::new()
-                    .insert(Header { key: headers::CONTENT_TYPE, value: Some("lookout.v1.Frame") }),
-            ),
-            std::time::Duration::from_secs(10),
-        )
-        .await
-        .expect("wrong type produced");
+    let frame_type = Headers::new().with(headers::CONTENT_TYPE, "lookout.v1.Frame");
+    let wrong_type = bus.publish_raw(&topic, Some(b"cam"), Some(&[]), &frame_type).await.unwrap();
     predictions.send(&good(2)).await.unwrap();
     predictions.send(&good(3)).await.unwrap();
 
@@ -232,7 +225,7 @@ async fn garbage_goes_to_the_dead_letter_topic_and_later_messages_are_handled() 
             async move {
                 tx.send(m.message.frame_sequence)
                     .await
-                    .map_err(|e| HandlerError::Retry(e.to_string()))
+                    .map_err(|e| HandlerError::Transient(e.to_string()))
             }
         },
         shutdown.clone(),
@@ -248,24 +241,24 @@ async fn garbage_goes_to_the_dead_letter_topic_and_later_messages_are_handled() 
     );
     let mut dead = BTreeMap::new();
     for _ in 0..2 {
-        let m: rdkafka::message::OwnedMessage = recv(&mut drx).await;
-        let hs: BTreeMap<String, String> = headers::all(m.headers()).into_iter().collect();
+        let m: RawMessage = recv(&mut drx).await;
+        let hs: BTreeMap<String, String> = m.headers.to_strings().into_iter().collect();
         assert_eq!(hs[headers::DLQ_TOPIC], topic);
         assert_eq!(hs[headers::DLQ_GROUP], "dlq-test");
         dead.insert(
             hs[headers::DLQ_OFFSET].parse::<i64>().unwrap(),
-            (hs, m.payload().map(<[u8]>::to_vec)),
+            (hs, m.payload.map(|p| p.to_vec())),
         );
     }
-    let (garbage_headers, garbage_payload) = &dead[&garbage.offset];
-    assert_eq!(garbage_headers[headers::DLQ_PARTITION], garbage.partition.to_string());
+    let (garbage_headers, garbage_payload) = &dead[&garbage.1];
+    assert_eq!(garbage_headers[headers::DLQ_PARTITION], garbage.0.to_string());
     assert!(garbage_headers[headers::DLQ_ERROR].contains("cannot decode"), "{garbage_headers:?}");
     assert_eq!(
         garbage_payload.as_deref(),
         Some(&b"\xff\xff\xff\xff garbage"[..]),
         "original bytes kept"
     );
-    let (wrong_headers, _) = &dead[&wrong_type.offset];
+    let (wrong_headers, _) = &dead[&wrong_type.1];
     assert!(wrong_headers[headers::DLQ_ERROR].contains("lookout.v1.Frame"), "{wrong_headers:?}");
 
     shutdown.cancel();
@@ -273,11 +266,11 @@ async fn garbage_goes_to_the_dead_letter_topic_and_later_messages_are_handled() 
     dlq_task.await.unwrap().unwrap();
 }
 
-struct Collector(mpsc::Sender<rdkafka::message::OwnedMessage>);
+struct Collector(mpsc::Sender<RawMessage>);
 
 impl lookout_bus::RawHandler for Collector {
-    async fn handle(&self, m: &rdkafka::message::OwnedMessage) -> Result<(), HandlerError> {
-        self.0.send(m.clone()).await.map_err(|e| HandlerError::Retry(e.to_string()))
+    async fn handle(&self, m: &RawMessage) -> Result<(), HandlerError> {
+        self.0.send(m.clone()).await.map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }
 
@@ -330,7 +323,7 @@ async fn a_restarted_consumer_resumes_where_the_last_one_stopped() {
             async move {
                 tx.send(m.message.frame_sequence)
                     .await
-                    .map_err(|e| HandlerError::Retry(e.to_string()))
+                    .map_err(|e| HandlerError::Transient(e.to_string()))
             }
         },
         shutdown.clone(),
@@ -375,11 +368,11 @@ async fn a_handler_that_fails_transiently_gets_the_same_message_again() {
                     // The second message fails twice (a database outage, say), then succeeds.
                     if m.message.frame_sequence == 2 && attempts.fetch_add(1, Ordering::SeqCst) < 2
                     {
-                        return Err(HandlerError::Retry("database unavailable".into()));
+                        return Err(HandlerError::Transient("database unavailable".into()));
                     }
                     tx.send(m.message.frame_sequence)
                         .await
-                        .map_err(|e| HandlerError::Retry(e.to_string()))
+                        .map_err(|e| HandlerError::Transient(e.to_string()))
                 }
             },
             shutdown.clone(),
@@ -415,7 +408,7 @@ async fn a_live_subscription_starts_at_the_newest_message() {
             async move {
                 tx.send(m.message.frame_sequence)
                     .await
-                    .map_err(|e| HandlerError::Retry(e.to_string()))
+                    .map_err(|e| HandlerError::Transient(e.to_string()))
             }
         },
         shutdown.clone(),
@@ -481,4 +474,188 @@ async fn assignment_follows_rebalances() {
     stop_a.cancel();
     task_a.await.unwrap().unwrap();
     assert_eq!(*a.borrow(), 0);
+}
+
+/// A producer that is not the bus: another client, as a Python or Java service would be.
+fn other_client(t: &TestBus) -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", t.brokers()).create().expect("producer")
+}
+
+async fn produce_with_content_type(
+    producer: &FutureProducer,
+    topic: &str,
+    payload: &[u8],
+    content_type: Option<&str>,
+) -> i64 {
+    let mut record: FutureRecord<'_, str, [u8]> =
+        FutureRecord::to(topic).key("cam").payload(payload);
+    if let Some(ct) = content_type {
+        record = record.headers(
+            OwnedHeaders::new().insert(Header { key: headers::CONTENT_TYPE, value: Some(ct) }),
+        );
+    }
+    producer.send(record, std::time::Duration::from_secs(10)).await.expect("produced").offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_conventional_content_type_form_is_decoded() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let bus = t.bus("lookout-test");
+    let topic = bus.topic_name(topics::PREDICTIONS.name());
+    let producer = other_client(&t);
+    let forms: [(u64, Option<&str>); 5] = [
+        (1, Some("application/x-protobuf; messageType=lookout.v1.Prediction")),
+        (2, Some("lookout.v1.Prediction")),
+        (3, Some("application/protobuf; proto=lookout.v1.Prediction")),
+        (4, Some("application/x-protobuf")),
+        (5, None),
+    ];
+    for (seq, ct) in forms {
+        let p = Prediction { camera_id: "cam".into(), frame_sequence: seq, ..Default::default() };
+        produce_with_content_type(&producer, &topic, &topics::PREDICTIONS.encode(&p), ct).await;
+    }
+    // Other types are refused (dead-lettered), whatever the form.
+    let refused = [
+        "application/json",
+        "application/x-protobuf; messageType=lookout.v1.Frame",
+        "lookout.v1.Frame",
+    ];
+    for ct in refused {
+        produce_with_content_type(&producer, &topic, b"{}", Some(ct)).await;
+    }
+    let last = Prediction { camera_id: "cam".into(), frame_sequence: 6, ..Default::default() };
+    bus.publisher(&topics::PREDICTIONS).send(&last).await.unwrap();
+
+    let dead = t.collect(topics::DLQ);
+    let (tx, mut rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(bus.subscriber(&topics::PREDICTIONS, "content-types").run(
+        move |m: Incoming<Prediction>| {
+            let tx = tx.clone();
+            async move { tx.send(m.message.frame_sequence).await.map_err(HandlerError::transient) }
+        },
+        shutdown.clone(),
+    ));
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(recv(&mut rx).await);
+    }
+    assert_eq!(got, vec![1, 2, 3, 4, 5, 6], "every accepted form is decoded, in order");
+    let letters = dead.wait_for(refused.len()).await;
+    let reasons: Vec<String> =
+        letters.iter().map(|m| m.headers.get_str(headers::DLQ_ERROR).unwrap().to_owned()).collect();
+    assert!(reasons[0].contains("application/json"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("lookout.v1.Frame") && reasons[2].contains("lookout.v1.Frame"),
+        "{reasons:?}"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_over_the_size_limit_is_cut_to_fit_and_marked() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let writer = t.bus("lookout-test");
+    let topic = writer.topic_name(topics::PREDICTIONS.name());
+    let big = vec![0xffu8; 60_000];
+    writer.publish_raw(&topic, Some(b"cam"), Some(&big), &Headers::new()).await.unwrap();
+
+    // This consumer's producer may send at most 20 kB: the copy must be cut.
+    let small =
+        lookout_bus::Bus::new(t.config("lookout-test").with_opt("message.max.bytes", "20000"))
+            .unwrap();
+    let dead = t.collect(topics::DLQ);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        small
+            .subscriber(&topics::PREDICTIONS, "too-large")
+            .run(|_: Incoming<Prediction>| async { Ok(()) }, shutdown.clone()),
+    );
+    let letter = dead.wait_for(1).await.remove(0);
+    let payload = letter.payload.expect("payload kept, cut");
+    assert!(payload.len() < 20_000 && !payload.is_empty(), "{}", payload.len());
+    assert_eq!(&payload[..], &big[..payload.len()], "the beginning of the original bytes");
+    assert_eq!(letter.headers.get_str(headers::DLQ_TRUNCATED), Some("60000"));
+    assert!(letter.headers.get_str(headers::DLQ_ERROR).unwrap().contains("cannot decode"));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// Publishes `n` changes on a one-partition topic and returns their offsets.
+async fn changes(bus: &lookout_bus::Bus, first: u64, n: u64) -> Vec<i64> {
+    let publisher = bus.publisher(&topics::CHANGES);
+    let mut offsets = Vec::new();
+    for seq in first..first + n {
+        let c =
+            PredictionChange { camera_id: "cam".into(), frame_sequence: seq, ..Default::default() };
+        offsets.push(publisher.send(&c).await.unwrap().offset);
+    }
+    offsets
+}
+
+async fn read_sequences(reader: &lookout_bus::Reader, n: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m =
+            tokio::time::timeout(EVENT_TIMEOUT, reader.recv()).await.expect("a message").unwrap();
+        out.push(m.decode::<PredictionChange>().unwrap().message.frame_sequence);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_start_where_asked() {
+    let t = TestBus::start();
+    t.create_topic(topics::CHANGES.name(), 1).await;
+    let bus = t.bus("lookout-test");
+    let name = bus.topic_name(topics::CHANGES.name());
+    let first = changes(&bus, 0, 5).await;
+    // Later messages get later timestamps: wait for the clock to move on (the condition is
+    // time itself), then note the time.
+    let last_ts = {
+        let reader = bus.reader(&name).start(Start::Last(1)).open(&CancellationToken::new()).await;
+        reader.unwrap().unwrap().recv().await.unwrap().timestamp_ms.unwrap()
+    };
+    while lookout_proto::unix_millis(SystemTime::now()) <= last_ts {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let between = lookout_proto::unix_millis(SystemTime::now());
+    let second = changes(&bus, 5, 5).await;
+    assert_eq!(first, vec![0, 1, 2, 3, 4]);
+    assert_eq!(second, vec![5, 6, 7, 8, 9]);
+
+    let stop = CancellationToken::new();
+    let open = |start| {
+        let bus = bus.clone();
+        let (name, stop) = (name.clone(), stop.clone());
+        async move { bus.reader(&name).start(start).open(&stop).await.unwrap().unwrap() }
+    };
+    assert_eq!(
+        read_sequences(&open(Start::Beginning).await, 10).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    assert_eq!(read_sequences(&open(Start::Offset(7)).await, 3).await, vec![7, 8, 9]);
+    assert_eq!(read_sequences(&open(Start::Last(2)).await, 2).await, vec![8, 9]);
+    let by_time = open(Start::Time(between)).await;
+    assert_eq!(by_time.starts()[0].offset, 5, "the first message at or after the time");
+    assert_eq!(read_sequences(&by_time, 5).await, vec![5, 6, 7, 8, 9]);
+    let at_end = open(Start::End).await;
+    assert_eq!(
+        at_end.starts()[0],
+        lookout_bus::PartitionStart { partition: 0, offset: 10, high: 10 }
+    );
+    changes(&bus, 10, 1).await;
+    assert_eq!(read_sequences(&at_end, 1).await, vec![10], "only what comes after");
+
+    let fetched = bus.fetcher(&name).fetch(0, 3).await.unwrap().expect("offset 3 is there");
+    assert_eq!(fetched.offset, 3);
+    assert_eq!(fetched.decode::<PredictionChange>().unwrap().message.frame_sequence, 3);
+
+    let missing = bus.reader(&bus.topic_name("no.such.topic")).open(&stop).await.unwrap_err();
+    assert!(matches!(missing, BusError::UnknownTopic { .. }), "{missing}");
+    let partition = bus.reader(&name).partitions([3]).open(&stop).await.unwrap_err();
+    assert!(partition.to_string().contains("no partition 3"), "{partition}");
 }

@@ -91,10 +91,6 @@ pub enum LogshipError {
     #[error(transparent)]
     Bus(#[from] BusError),
 
-    /// The dead-letter producer could not be created.
-    #[error("cannot create the dead-letter producer: {0}")]
-    DeadLetters(#[source] rdkafka::error::KafkaError),
-
     /// The batching task failed.
     #[error("batching task failed: {0}")]
     Batcher(String),

@@ -11,13 +11,14 @@
 //! - [`sink::elasticsearch`]: the `_bulk` API of Elasticsearch or OpenSearch, daily indices,
 //!   Elastic Common Schema documents; items the server refuses go to the dead-letter topic.
 //!
-//! How records flow ([`run`]): each partition's handler hands its record to the batching task
-//! ([`batch`]) and waits for the verdict; the batch is written to every sink, retried while a
-//! sink fails; only then do the handlers return and their offsets get stored. A slow or failing
+//! How records flow ([`run`]): the bus hands each partition's handler a batch of records
+//! (`--batch-size`, `--batch-timeout`); the handler passes it to the writing task ([`batch`])
+//! and waits for the verdicts; the records are written to every sink, retried while a sink
+//! fails; only then do the handlers return and their offsets get stored. A slow or failing
 //! sink thus pauses consumption instead of losing records or growing memory.
 //!
 //! Modules: [`record`] (renderings of a record), [`sink`], [`batch`], [`metrics`], and the
-//! dead-letter producer.
+//! dead-letter copy of refused records.
 
 pub mod batch;
 mod dlq;
@@ -29,7 +30,7 @@ pub mod sink;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use lookout_bus::{Bus, HandlerError, Incoming, topics};
+use lookout_bus::{Bus, HandlerError, Incoming, Rejected, topics};
 use lookout_proto::v1::LogRecord;
 use lookout_service::{Readiness, parse_duration};
 use tokio::sync::{mpsc, oneshot};
@@ -165,28 +166,25 @@ pub async fn run(
     let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
     let batch_size = args.batch_size.max(1);
     let (jobs, rx) = mpsc::channel(batch_size);
-    let batcher = Batcher {
-        sinks,
-        batch_size,
-        batch_timeout: args.batch_timeout,
-        readiness: readiness.clone(),
-        shutdown: shutdown.clone(),
-        active: Default::default(),
-    };
+    let batcher =
+        Batcher { sinks, batch_size, readiness: readiness.clone(), shutdown: shutdown.clone() };
     let batcher = tokio::spawn(batcher.run(rx));
     readiness.set(batch::READINESS_CHECK, true);
 
     let shared = Arc::new(Shared {
         jobs,
-        dead_letters: DeadLetters::new(&bus, &args.group)?,
+        dead_letters: DeadLetters::new(&bus, &args.group),
         shutdown: shutdown.clone(),
     });
     info!(sinks = ?names, group = %args.group, batch_size, "shipping logs");
-    let handler = move |incoming: Incoming<LogRecord>| {
+    let handler = move |batch: Vec<Incoming<LogRecord>>| {
         let shared = shared.clone();
-        async move { shared.handle(incoming).await }
+        async move { shared.handle(batch).await }
     };
-    let consumed = bus.subscriber(&topics::LOGS, &args.group).run(handler, shutdown).await;
+    let consumed = bus
+        .subscriber(&topics::LOGS, &args.group)
+        .run_batched(batch_size, args.batch_timeout, handler, shutdown)
+        .await;
     // The handler, and with it the batcher's last sender, is gone: the batcher finishes.
     batcher.await.map_err(|e| LogshipError::Batcher(e.to_string()))?;
     consumed?;
@@ -202,34 +200,42 @@ struct Shared {
 }
 
 impl Shared {
-    /// Hands the record to the batcher and returns once every sink has it (`Ok`: the offset
-    /// is stored), once it is dead-lettered (`Ok` too), or when it was not written before
-    /// shutdown (`Retry`: the offset is not stored and the record comes again).
-    async fn handle(&self, incoming: Incoming<LogRecord>) -> Result<(), HandlerError> {
-        let Incoming { message, meta } = incoming;
-        let origin = Origin {
-            topic: meta.topic.clone(),
-            partition: meta.partition,
-            offset: meta.offset,
-            timestamp_ms: meta.timestamp_ms,
-        };
-        let entry = Arc::new(Entry { record: message, origin });
-        let stopped = || HandlerError::Retry("the batching task stopped".into());
-        let (ack, verdict) = oneshot::channel();
-        self.jobs.send(Job { entry: entry.clone(), ack }).await.map_err(|_| stopped())?;
-        match verdict.await.map_err(|_| stopped())? {
-            Verdict::Written => Ok(()),
-            Verdict::NotWritten(reason) => Err(HandlerError::Retry(reason)),
-            Verdict::Refused(reason) => {
-                if self.dead_letters.send(&entry.record, &meta, &reason, &self.shutdown).await {
-                    Ok(())
-                } else {
-                    Err(HandlerError::Retry(
-                        "shut down before the dead letter was delivered".into(),
-                    ))
+    /// Hands a partition's batch to the writing task and returns once every sink has each
+    /// record (`Ok`: the offsets are stored) or dead-lettered it (`Ok` too), or when they were
+    /// not written before shutdown (`Transient`: the offsets are not stored and the records
+    /// come again).
+    async fn handle(&self, batch: Vec<Incoming<LogRecord>>) -> Result<Rejected, HandlerError> {
+        let (entries, metas): (Vec<Arc<Entry>>, Vec<_>) = batch
+            .into_iter()
+            .map(|Incoming { message, meta }| {
+                let origin = Origin {
+                    topic: meta.topic.to_string(),
+                    partition: meta.partition,
+                    offset: meta.offset,
+                    timestamp_ms: meta.timestamp_ms,
+                };
+                (Arc::new(Entry { record: message, origin }), meta)
+            })
+            .unzip();
+        let stopped = || HandlerError::transient("the writing task stopped");
+        let (ack, verdicts) = oneshot::channel();
+        self.jobs.send(Job { entries: entries.clone(), ack }).await.map_err(|_| stopped())?;
+        let verdicts = verdicts.await.map_err(|_| stopped())?;
+        for ((verdict, entry), meta) in verdicts.into_iter().zip(&entries).zip(metas) {
+            match verdict {
+                Verdict::Written => {}
+                Verdict::NotWritten(reason) => return Err(HandlerError::Transient(reason)),
+                Verdict::Refused(reason) => {
+                    if !self.dead_letters.send(&entry.record, meta, &reason, &self.shutdown).await?
+                    {
+                        return Err(HandlerError::transient(
+                            "shut down before the dead letter was delivered",
+                        ));
+                    }
                 }
             }
         }
+        Ok(Rejected::none())
     }
 }
 

@@ -127,7 +127,7 @@ async fn pipeline(images: &[(&str, Jpeg)], n: usize) -> f64 {
             async move {
                 tx.send(p.message.frame_sequence)
                     .await
-                    .map_err(|e| HandlerError::Retry(e.to_string()))
+                    .map_err(|e| HandlerError::Transient(e.to_string()))
             }
         },
         shutdown.clone(),

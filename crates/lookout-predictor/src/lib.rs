@@ -175,7 +175,7 @@ impl Labeller {
         let (k, max_pixels) = (self.top_k, self.max_pixels);
         let result = tokio::task::spawn_blocking(move || model.classify(&data, k, max_pixels))
             .await
-            .map_err(|e| HandlerError::Retry(format!("labelling task failed: {e}")))?;
+            .map_err(|e| HandlerError::Transient(format!("labelling task failed: {e}")))?;
         drop(permit);
         let (top, times) = match result {
             Ok(r) => r,
@@ -210,12 +210,13 @@ impl Labeller {
             }),
             predictor_instance: self.instance.clone(),
             predicted_time: Some(lookout_proto::timestamp(SystemTime::now())),
+            skipped: 0,
         };
-        let sent = match &meta.headers.trace {
-            Some(parent) => self.predictions.send_traced(&prediction, parent).await,
+        let sent = match meta.trace() {
+            Some(parent) => self.predictions.send_traced(&prediction, &parent).await,
             None => self.predictions.send(&prediction).await,
         };
-        sent.map_err(|e| HandlerError::Retry(e.to_string()))?;
+        sent.map_err(|e| HandlerError::Transient(e.to_string()))?;
         ::metrics::counter!(m::FRAMES, "outcome" => "labelled").increment(1);
         if let Some(at) = captured {
             let latency = SystemTime::now().duration_since(at).unwrap_or_default();

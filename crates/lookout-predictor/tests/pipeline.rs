@@ -53,7 +53,7 @@ async fn collect_predictions(
                 move |p: Incoming<Prediction>| {
                     let tx = tx.clone();
                     async move {
-                        tx.send(p.message).await.map_err(|e| HandlerError::Retry(e.to_string()))
+                        tx.send(p.message).await.map_err(|e| HandlerError::Transient(e.to_string()))
                     }
                 },
                 shutdown,

@@ -11,7 +11,11 @@
 //! let frame = Frame { camera_id: "lobby".into(), sequence: 7, ..Default::default() };
 //! let bytes = topics::FRAMES.encode(&frame);
 //! assert_eq!(topics::FRAMES.decode(&bytes).unwrap(), frame);
-//! assert_eq!(topics::FRAMES.content_type(), "lookout.v1.Frame");
+//! assert_eq!(topics::FRAMES.message_type(), "lookout.v1.Frame");
+//! assert_eq!(
+//!     topics::FRAMES.content_type(),
+//!     "application/x-protobuf; messageType=lookout.v1.Frame"
+//! );
 //! ```
 //!
 //! Encoding a message for the wrong topic is a compile error, not a runtime surprise:

@@ -119,9 +119,15 @@ impl<M: BusMessage> Topic<M> {
         self.key
     }
 
-    /// The fully qualified protobuf type name, sent in the `content-type` header.
-    pub fn content_type(&self) -> String {
+    /// The fully qualified protobuf type name, e.g. `lookout.v1.Frame`.
+    pub fn message_type(&self) -> String {
         M::full_name()
+    }
+
+    /// The `content-type` header value messages of this topic are published with, in the
+    /// conventional form: `application/x-protobuf; messageType=lookout.v1.Frame`.
+    pub fn content_type(&self) -> String {
+        content_type_of(&M::full_name())
     }
 
     /// Encodes a message of this topic's type.
@@ -208,6 +214,11 @@ pub fn all() -> Vec<TopicSpec> {
             key: "the original key",
         },
     ]
+}
+
+/// The conventional `content-type` header value for protobuf messages of type `full_name`.
+pub fn content_type_of(full_name: &str) -> String {
+    format!("application/x-protobuf; messageType={full_name}")
 }
 
 /// The message type carried by a registry topic, given its name without prefix.

@@ -16,7 +16,7 @@
 //!   re-delivered prediction is recognised and nothing is decided twice or lost. Committed
 //!   changes are then published on `lookout.changes` from the database (an outbox).
 //! - [`health`]: the `database` readiness check; while the database is unusable the handler
-//!   returns `Retry`, so consumption pauses with no offset moving, and resumes when it is back.
+//!   returns `Transient`, so consumption pauses with no offset moving, and resumes when it is back.
 //! - [`metrics`]: metric names.
 
 pub mod detector;

@@ -308,7 +308,7 @@ impl Inner {
     }
 
     async fn on_prediction(&self, incoming: Incoming<Prediction>) -> Result<(), HandlerError> {
-        let (key, observation) = observation(&incoming.message).map_err(HandlerError::Reject)?;
+        let (key, observation) = observation(&incoming.message).map_err(HandlerError::Permanent)?;
         let span = info_span!(
             "prediction",
             camera = %key.camera_id,
@@ -341,7 +341,7 @@ impl Inner {
                 }
                 Err(e) => {
                     self.database_failed(&e);
-                    Err(HandlerError::Retry(e.to_string()))
+                    Err(HandlerError::Transient(e.to_string()))
                 }
             }
         }

@@ -30,20 +30,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use lookout_bus::{Bus, BusError};
+use lookout_bus::{Bus, Fetcher, Start};
 use lookout_proto::{topics, v1::Frame};
-use prost::Message as _;
-use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer as _, StreamConsumer},
-};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{RecorderError, health::Health, metrics as m, store::StreamKey};
 
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-const TOPIC_WAIT: Duration = Duration::from_millis(500);
 const FULL_WAIT: Duration = Duration::from_millis(10);
 const FRAME_POLL: Duration = Duration::from_millis(5);
 
@@ -232,16 +225,28 @@ impl FrameBuffer {
         self.lock().by_id.get(camera).and_then(|c| c.index.get(&sequence).copied())
     }
 
-    /// Fetches a frame read but not kept again from Kafka.
-    async fn fetch(&self, camera: &str, sequence: u64, at: (i32, i64)) -> Option<Bytes> {
+    /// Fetches a frame read but not kept again from Kafka, if it is still there and is the
+    /// one expected.
+    async fn fetch(
+        &self,
+        camera: &str,
+        sequence: u64,
+        (partition, offset): (i32, i64),
+    ) -> Option<Bytes> {
         let fetcher = self.fetcher.get()?.clone();
-        let camera = camera.to_owned();
-        let fetched =
-            tokio::task::spawn_blocking(move || fetcher.fetch(&camera, sequence, at)).await.ok()?;
-        if fetched.is_some() {
-            metrics::counter!(m::FRAMES_FETCHED).increment(1);
+        let fetched = match fetcher.fetch(partition, offset).await {
+            Ok(m) => m?,
+            Err(e) => {
+                debug!(partition, offset, error = %e, "cannot fetch a frame again");
+                return None;
+            }
+        };
+        let frame = fetched.decode::<Frame>().ok()?.message;
+        if frame.camera_id != camera || frame.sequence != sequence {
+            return None;
         }
-        fetched
+        metrics::counter!(m::FRAMES_FETCHED).increment(1);
+        Some(frame.data)
     }
 
     /// Where the reader stands relative to a frame.
@@ -325,51 +330,26 @@ pub(crate) async fn read_frames(
     shutdown: CancellationToken,
 ) -> Result<(), RecorderError> {
     let name = bus.topic_name(topics::FRAMES.name());
-    let group = format!("{}-frames-{}", bus.config().service, bus.config().instance);
-    let consumer: StreamConsumer = bus
-        .client_config(&[
-            ("group.id", &group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            // Small fetches keep the partitions' reading positions close to one another.
-            ("max.partition.fetch.bytes", "262144"),
-        ])
-        .create()
-        .map_err(|source| RecorderError::Bus(BusError::Config(source)))?;
-
-    let assignment = loop {
-        let (b, n) = (bus.clone(), name.clone());
-        let found = tokio::task::spawn_blocking(move || start_offsets(&b, &n, start_ms))
-            .await
-            .map_err(|e| RecorderError::Task(format!("frames metadata task failed: {e}")))?;
-        match found {
-            Ok(tpl) => break tpl,
-            Err(e) => {
-                debug!(topic = %name, error = %e, "waiting for the frames topic");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(TOPIC_WAIT) => {}
-                }
-            }
-        }
-    };
-    consumer
-        .assign(&assignment)
-        .map_err(|source| RecorderError::Bus(BusError::Kafka { topic: name.clone(), source }))?;
-    let _ = buffer.fetcher.set(Arc::new(Fetcher {
-        bus: bus.clone(),
-        topic: name.clone(),
-        consumer: Mutex::new(None),
-    }));
-    buffer.reading(assignment.count() as i32);
-    info!(topic = %name, partitions = assignment.count(), start_ms, "reading frames for snapshots");
+    let start = start_ms.map_or(Start::Beginning, Start::Time);
+    let reader = bus
+        .reader(&name)
+        .start(start)
+        .wait_for_topic()
+        // Small fetches keep the partitions' reading positions close to one another.
+        .with_opt("max.partition.fetch.bytes", "262144")
+        .open(&shutdown)
+        .await?;
+    let Some(reader) = reader else { return Ok(()) };
+    let partitions = reader.starts().len() as i32;
+    let _ = buffer.fetcher.set(Arc::new(bus.fetcher(&name)));
+    buffer.reading(partitions);
+    info!(topic = %name, partitions, start_ms, "reading frames for snapshots");
 
     loop {
         let received = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            r = consumer.recv() => r,
+            r = reader.recv() => r,
         };
         let message = match received {
             Ok(m) => m,
@@ -378,11 +358,11 @@ pub(crate) async fn read_frames(
                 continue;
             }
         };
-        let Some(Ok(frame)) = message.payload().map(Frame::decode) else {
+        let Ok(frame) = message.decode::<Frame>().map(|i| i.message) else {
             metrics::counter!(m::FRAMES, "outcome" => "undecodable").increment(1);
             continue;
         };
-        let (partition, offset) = (message.partition(), message.offset());
+        let (partition, offset) = (message.partition, message.offset);
         drop(message);
         let mut waited = false;
         loop {
@@ -412,143 +392,6 @@ pub(crate) async fn read_frames(
             }
         }
     }
-}
-
-/// Reads single frames again from Kafka, by position.
-struct Fetcher {
-    bus: Bus,
-    topic: String,
-    consumer: Mutex<Option<BaseConsumer>>,
-}
-
-impl std::fmt::Debug for Fetcher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetcher").field("topic", &self.topic).finish_non_exhaustive()
-    }
-}
-
-impl Fetcher {
-    /// The frame at `at`, if it is still there and is the one expected. Blocking.
-    fn fetch(&self, camera: &str, sequence: u64, (partition, offset): (i32, i64)) -> Option<Bytes> {
-        let mut consumer = self.consumer.lock().ok()?;
-        if consumer.is_none() {
-            *consumer = self
-                .bus
-                .client_config(&[
-                    ("group.id", "lookout-recorder-fetch"),
-                    ("enable.auto.commit", "false"),
-                ])
-                .create()
-                .ok();
-        }
-        let consumer = consumer.as_ref()?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset)).ok()?;
-        consumer.assign(&tpl).ok()?;
-        let deadline = Instant::now() + METADATA_TIMEOUT;
-        while Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) if m.partition() == partition && m.offset() == offset => {
-                    let frame = m.payload().and_then(|p| Frame::decode(p).ok())?;
-                    return (frame.camera_id == camera && frame.sequence == sequence)
-                        .then_some(frame.data);
-                }
-                Some(Err(e)) => {
-                    debug!(partition, offset, error = %e, "cannot fetch a frame again");
-                    return None;
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-}
-
-/// Each partition of `topic` at the first offset whose timestamp is at or after `start_ms`.
-fn start_offsets(
-    bus: &Bus,
-    topic: &str,
-    start_ms: Option<i64>,
-) -> Result<TopicPartitionList, BusError> {
-    let probe: BaseConsumer = bus
-        .client_config(&[("group.id", "lookout-recorder-probe")])
-        .create()
-        .map_err(BusError::Config)?;
-    let kafka = |source| BusError::Kafka { topic: topic.to_owned(), source };
-    let partitions = lookout_bus::admin::partitions_blocking(bus, topic)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        let offset = start_ms.map_or(Offset::Beginning, Offset::Offset);
-        tpl.add_partition_offset(topic, *p, offset).map_err(kafka)?;
-    }
-    let Some(start_ms) = start_ms else { return Ok(tpl) };
-    let found = probe.offsets_for_times(tpl, METADATA_TIMEOUT).map_err(kafka)?;
-    let mut tpl = TopicPartitionList::new();
-    for e in found.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            // "No message at or after that time", or a broker that cannot tell (the embedded
-            // broker answers this for every time): check by reading the messages' timestamps.
-            _ => {
-                let (low, high) = probe
-                    .fetch_watermarks(topic, e.partition(), METADATA_TIMEOUT)
-                    .map_err(kafka)?;
-                Offset::Offset(search_by_time(bus, topic, e.partition(), low, high, start_ms)?)
-            }
-        };
-        tpl.add_partition_offset(topic, e.partition(), offset).map_err(kafka)?;
-    }
-    Ok(tpl)
-}
-
-/// The first offset in `low..high` whose Kafka timestamp is at or after `start_ms`, by binary
-/// search (timestamps of one partition are close to increasing); `high` when none is. A
-/// message that cannot be read counts as late enough, so the search errs towards reading more.
-fn search_by_time(
-    bus: &Bus,
-    topic: &str,
-    partition: i32,
-    low: i64,
-    high: i64,
-    start_ms: i64,
-) -> Result<i64, BusError> {
-    if high <= low {
-        return Ok(high);
-    }
-    let reader: BaseConsumer = bus
-        .client_config(&[("group.id", "lookout-recorder-probe"), ("enable.auto.commit", "false")])
-        .create()
-        .map_err(BusError::Config)?;
-    let kafka = |source| BusError::Kafka { topic: topic.to_owned(), source };
-    let late_enough = |offset: i64| -> Result<bool, BusError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset)).map_err(kafka)?;
-        reader.assign(&tpl).map_err(kafka)?;
-        let deadline = Instant::now() + METADATA_TIMEOUT;
-        while Instant::now() < deadline {
-            match reader.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) if m.partition() == partition => {
-                    return Ok(m.timestamp().to_millis().is_none_or(|t| t >= start_ms));
-                }
-                Some(Err(e)) => return Err(kafka(e)),
-                _ => {}
-            }
-        }
-        Ok(true)
-    };
-    if !late_enough(high - 1)? {
-        return Ok(high);
-    }
-    let (mut lo, mut hi) = (low, high - 1);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if late_enough(mid)? {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(lo)
 }
 
 #[cfg(test)]

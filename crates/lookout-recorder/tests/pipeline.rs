@@ -7,10 +7,6 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -22,7 +18,6 @@ use lookout_recorder::{
 };
 use lookout_service::Readiness;
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
-use prost::Message as _;
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -131,43 +126,10 @@ async fn publish(
     }
 }
 
-/// Collects the change events published on the changes topic, from its beginning, on a
-/// thread of its own with a reader outside any consumer group.
-fn collect_changes(t: &TestBus) -> (Arc<Mutex<Vec<PredictionChange>>>, Arc<AtomicBool>) {
-    use rdkafka::{
-        Message as _, Offset, TopicPartitionList,
-        consumer::{BaseConsumer, Consumer as _},
-    };
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let bus = t.bus("lookout-test");
-    let topic = bus.topic_name(topics::CHANGES.name());
-    let consumer: BaseConsumer = bus
-        .client_config(&[("group.id", "test-changes"), ("enable.auto.commit", "false")])
-        .create()
-        .expect("reader created");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).expect("assigned");
-    std::thread::spawn({
-        let (seen, stop) = (seen.clone(), stop.clone());
-        move || {
-            while !stop.load(Ordering::SeqCst) {
-                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
-                    && let Some(Ok(change)) = m.payload().map(PredictionChange::decode)
-                {
-                    seen.lock().unwrap().push(change);
-                }
-            }
-        }
-    });
-    (seen, stop)
-}
-
 async fn scripted_slideshow(db: TestDb) {
     let t = TestBus::start();
     t.create_registry_topics().await;
-    let (events, events_stop) = collect_changes(&t);
+    let events = t.collect(topics::CHANGES.name());
     let running = Running::start(&t, &db, "recorder").await;
 
     const PHOTOS: usize = 6;
@@ -218,13 +180,9 @@ async fn scripted_slideshow(db: TestDb) {
     }
 
     // Each stored change was published once, with its database id.
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while events.lock().unwrap().len() < rows.len() {
-        assert!(Instant::now() < deadline, "change events did not arrive");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    events.wait_for(rows.len()).await;
     let stored = store.changes(&Default::default()).await.unwrap();
-    let events = events.lock().unwrap().clone();
+    let events: Vec<PredictionChange> = events.decoded();
     let published: BTreeSet<(i64, String, u64, bool)> = events
         .iter()
         .map(|e| (e.change_id, e.camera_id.clone(), e.frame_sequence, e.snapshot_missing))
@@ -242,7 +200,6 @@ async fn scripted_slideshow(db: TestDb) {
     );
 
     running.stop().await;
-    events_stop.store(true, Ordering::SeqCst);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

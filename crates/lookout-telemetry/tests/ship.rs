@@ -73,11 +73,11 @@ async fn events_arrive_on_the_logs_topic_in_order_with_their_span_fields() {
     assert_eq!(last.message.message, "last");
     assert_eq!(last.message.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(
-        last.meta.headers.trace.map(|t| t.trace_id_hex()).as_deref(),
+        last.meta.trace().map(|t| t.trace_id_hex()).as_deref(),
         Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         "a record about a traced frame travels in that trace"
     );
-    assert_eq!(last.meta.key.as_deref(), Some("lookout-emitter"), "keyed by service");
+    assert_eq!(last.meta.key_str(), Some("lookout-emitter"), "keyed by service");
     assert!(got.iter().all(|(m, _)| m.meta.partition == got[0].0.meta.partition));
 }
 

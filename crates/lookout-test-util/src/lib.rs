@@ -2,11 +2,17 @@
 //!
 //! [`TestBus`] gives each test its own broker (librdkafka's mock cluster, embedded in the test
 //! process and reachable over TCP by child processes) and its own topic prefix, or, when
-//! `LOOKOUT_BROKERS` is set, a unique prefix on that real Kafka.
+//! `LOOKOUT_BROKERS` is set, a unique prefix on that real Kafka. [`Collector`] reads a topic
+//! in the background through the bus's reader, for tests that check what was published.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use lookout_bus::{Bus, BusConfig, embedded::EmbeddedBroker};
+use lookout_bus::{Bus, BusConfig, BusMessage, RawMessage, Start, embedded::EmbeddedBroker};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Upper bound for waiting on an event that should come quickly. A test that hits it fails:
 /// it is a bound on a hang, never a way to synchronise.
@@ -105,10 +111,82 @@ impl TestBus {
         }
     }
 
+    /// Reads `name` (without prefix) from its beginning in the background, waiting for the
+    /// topic to exist, until the collector is dropped.
+    pub fn collect(&self, name: &str) -> Collector {
+        let bus = self.bus("lookout-test-reader");
+        let topic = bus.topic_name(name);
+        let stop = CancellationToken::new();
+        let (count, _) = watch::channel(0usize);
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let collector =
+            Collector { messages: messages.clone(), count: count.clone(), stop: stop.clone() };
+        tokio::spawn(async move {
+            let reader =
+                bus.reader(&topic).start(Start::Beginning).wait_for_topic().open(&stop).await;
+            let Ok(Some(reader)) = reader else { return };
+            loop {
+                let received = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = reader.recv() => r,
+                };
+                if let Ok(m) = received {
+                    let n = {
+                        let mut all = messages.lock().expect("not poisoned");
+                        all.push(m);
+                        all.len()
+                    };
+                    count.send_replace(n);
+                }
+            }
+        });
+        collector
+    }
+
     /// Creates every registry topic (and the dead-letter topic) in this namespace.
     pub async fn create_registry_topics(&self) {
         for spec in lookout_proto::topics::all() {
             self.create_topic(spec.name, spec.partitions).await;
         }
+    }
+}
+
+/// The messages of one topic, read in the background from its beginning; see
+/// [`TestBus::collect`]. Stops reading when dropped.
+#[derive(Debug)]
+pub struct Collector {
+    messages: Arc<Mutex<Vec<RawMessage>>>,
+    count: watch::Sender<usize>,
+    stop: CancellationToken,
+}
+
+impl Collector {
+    /// Every message read so far, in arrival order.
+    pub fn messages(&self) -> Vec<RawMessage> {
+        self.messages.lock().expect("not poisoned").clone()
+    }
+
+    /// Every message read so far, decoded as `M` (those that do not decode are left out).
+    pub fn decoded<M: BusMessage>(&self) -> Vec<M> {
+        self.messages().iter().filter_map(|m| m.decode::<M>().ok()).map(|i| i.message).collect()
+    }
+
+    /// Waits until at least `n` messages were read, and returns them all. Fails the test
+    /// after [`EVENT_TIMEOUT`].
+    pub async fn wait_for(&self, n: usize) -> Vec<RawMessage> {
+        let mut rx = self.count.subscribe();
+        let waited = tokio::time::timeout(EVENT_TIMEOUT, rx.wait_for(|c| *c >= n)).await;
+        assert!(
+            waited.is_ok(),
+            "timed out waiting for {n} messages; got {}",
+            self.messages().len()
+        );
+        self.messages()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }

@@ -141,7 +141,7 @@ async fn changes(bus: Bus, shutdown: CancellationToken) {
         let publisher = publisher.clone();
         async move {
             if let Some(c) = change {
-                publisher.send(&c).await.map_err(|e| HandlerError::Retry(e.to_string()))?;
+                publisher.send(&c).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
             }
             Ok(())
         }

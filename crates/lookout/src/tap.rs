@@ -5,23 +5,18 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
-use anyhow::{Context as _, bail};
-use lookout_bus::{Bus, HandlerError, OwnedMessage, RawHandler, StartAt, headers};
-use lookout_service::CommonArgs;
-use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{Consumer as _, StreamConsumer},
+use anyhow::bail;
+use lookout_bus::{
+    Bus, BusError, HandlerError, RawHandler, RawMessage, Start, StartAt, headers::ContentType,
 };
+use lookout_service::CommonArgs;
 use serde_json::{Map, Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::CancellationToken;
 
 use crate::json::{BytesMode, render};
-
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TapArgs {
@@ -102,47 +97,39 @@ pub(crate) async fn run(args: TapArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let consumer: StreamConsumer = bus
-        .client_config(&[("group.id", "lookout-tap"), ("enable.auto.commit", "false")])
-        .create()?;
-    let topics = lookout_bus::admin::describe(&bus).await?;
-    let Some(topic) = topics.iter().find(|t| t.name == name) else {
-        let known: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-        bail!(
-            "topic {name} does not exist on {}; topics there: {}",
-            args.common.brokers,
-            known.join(", ")
-        );
+    let start = match args.from {
+        From::Beginning => Start::Beginning,
+        From::End => Start::End,
+        From::Offset(o) => Start::Offset(o),
+        From::Last(n) => Start::Last(n.unsigned_abs()),
+        From::Time(t) => Start::Time((t.unix_timestamp_nanos() / 1_000_000) as i64),
     };
-    let mut tpl = TopicPartitionList::new();
-    for p in &topic.partitions {
-        if args.partition.is_some_and(|want| want != p.id) {
-            continue;
+    let mut reader = bus.reader(&name).start(start);
+    if let Some(p) = args.partition {
+        reader = reader.partitions([p]);
+    }
+    let reader = match reader.open(&shutdown).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(()),
+        Err(BusError::UnknownTopic { .. }) => {
+            let topics = lookout_bus::admin::describe(&bus).await?;
+            let known: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+            bail!(
+                "topic {name} does not exist on {}; topics there: {}",
+                args.common.brokers,
+                known.join(", ")
+            );
         }
-        let offset = match &args.from {
-            From::Beginning => Offset::Beginning,
-            From::End => Offset::End,
-            From::Offset(o) => Offset::Offset(*o),
-            From::Last(n) => Offset::Offset((p.high - n).max(p.low)),
-            From::Time(t) => Offset::Offset((t.unix_timestamp_nanos() / 1_000_000) as i64),
-        };
-        tpl.add_partition_offset(&name, p.id, offset)?;
-    }
-    if tpl.count() == 0 {
-        bail!("topic {name} has no partition {}", args.partition.unwrap_or_default());
-    }
-    if matches!(args.from, From::Time(_)) {
-        tpl = consumer.offsets_for_times(tpl, TIMEOUT).context("cannot look up offsets by time")?;
-    }
-    consumer.assign(&tpl)?;
+        Err(e) => return Err(e.into()),
+    };
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            m = consumer.recv() => m,
+            m = reader.recv() => m,
         };
         match received {
             Ok(m) => {
-                let _ = printer.handle(&m.detach()).await;
+                let _ = printer.handle(&m).await;
             }
             Err(e) => eprintln!("lookout tap: {e}"),
         }
@@ -158,20 +145,21 @@ struct Printer {
 }
 
 impl Printer {
-    fn line(&self, m: &OwnedMessage) -> Value {
-        let all = headers::all(m.headers());
-        let content_type = all
-            .iter()
-            .find(|(k, _)| k == headers::CONTENT_TYPE)
-            .map(|(_, v)| v.clone())
-            .or_else(|| self.registry_type.clone());
-        let value = match (&content_type, m.payload()) {
+    fn line(&self, m: &RawMessage) -> Value {
+        let all = m.headers.to_strings();
+        // The protobuf type named by the header (any accepted form), else the registry's.
+        let content_type = match m.headers.content_type() {
+            Some(ContentType::Protobuf(Some(name))) => Some(name.to_owned()),
+            Some(ContentType::Other(_)) => None,
+            Some(ContentType::Protobuf(None)) | None => self.registry_type.clone(),
+        };
+        let value = match (&content_type, m.payload.as_deref()) {
             (_, None) => Value::Null,
             (Some(t), Some(p)) => render(t, p, self.bytes)
                 .unwrap_or_else(|e| json!({ "error": e, "raw": format!("<{} bytes>", p.len()) })),
             (None, Some(p)) => Value::String(format!("<{} bytes>", p.len())),
         };
-        let timestamp = m.timestamp().to_millis().and_then(|ms| {
+        let timestamp = m.timestamp_ms.and_then(|ms| {
             OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
                 .ok()
                 .and_then(|t| t.format(&Rfc3339).ok())
@@ -179,11 +167,11 @@ impl Printer {
         let headers: Map<String, Value> =
             all.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
         json!({
-            "topic": m.topic(),
-            "partition": m.partition(),
-            "offset": m.offset(),
+            "topic": &*m.topic,
+            "partition": m.partition,
+            "offset": m.offset,
             "timestamp": timestamp,
-            "key": m.key().map(String::from_utf8_lossy),
+            "key": m.key.as_deref().map(String::from_utf8_lossy),
             "headers": headers,
             "type": content_type,
             "value": value,
@@ -192,17 +180,17 @@ impl Printer {
 }
 
 impl RawHandler for Printer {
-    async fn handle(&self, message: &OwnedMessage) -> Result<(), HandlerError> {
+    async fn handle(&self, message: &RawMessage) -> Result<(), HandlerError> {
         if self.limit.is_some_and(|l| self.printed.load(Ordering::SeqCst) >= l) {
             self.shutdown.cancel();
-            return Err(HandlerError::Retry("limit reached".into()));
+            return Err(HandlerError::Transient("limit reached".into()));
         }
         let line = self.line(message).to_string();
         let mut out = std::io::stdout().lock();
         // A closed stdout (`| head`) ends the tap.
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             self.shutdown.cancel();
-            return Err(HandlerError::Retry("stdout closed".into()));
+            return Err(HandlerError::Transient("stdout closed".into()));
         }
         let n = self.printed.fetch_add(1, Ordering::SeqCst) + 1;
         if self.limit.is_some_and(|l| n >= l) {

@@ -260,22 +260,21 @@ async fn frames_and_predictions(
     let bus = t.bus("lookout-test");
     let (ftx, frx) = mpsc::channel();
     let (ptx, prx) = mpsc::channel();
-    tokio::spawn(
-        bus.subscriber(&topics::FRAMES, "e2e-frames").run(
-            move |f: Incoming<Frame>| {
-                let tx = ftx.clone();
-                async move {
-                    tx.send(f.message.sequence).map_err(|e| HandlerError::Retry(e.to_string()))
-                }
-            },
-            shutdown.clone(),
-        ),
-    );
+    tokio::spawn(bus.subscriber(&topics::FRAMES, "e2e-frames").run(
+        move |f: Incoming<Frame>| {
+            let tx = ftx.clone();
+            async move {
+                tx.send(f.message.sequence).map_err(|e| HandlerError::Transient(e.to_string()))
+            }
+        },
+        shutdown.clone(),
+    ));
     tokio::spawn(bus.subscriber(&topics::PREDICTIONS, "e2e-predictions").run(
         move |p: Incoming<Prediction>| {
             let tx = ptx.clone();
             async move {
-                tx.send(p.message.frame_sequence).map_err(|e| HandlerError::Retry(e.to_string()))
+                tx.send(p.message.frame_sequence)
+                    .map_err(|e| HandlerError::Transient(e.to_string()))
             }
         },
         shutdown,

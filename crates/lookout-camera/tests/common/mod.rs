@@ -5,16 +5,13 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant, SystemTime},
+    time::SystemTime,
 };
 
-use lookout_bus::{Bus, topics};
+use lookout_bus::{Bus, Start, topics};
 use lookout_proto::v1::{Encoding, Frame};
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
-use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer as _},
-};
+use tokio_util::sync::CancellationToken;
 
 /// The project's sample photos (see `samples/README.md`).
 pub fn fixtures() -> PathBuf {
@@ -64,48 +61,34 @@ pub async fn read_frames(t: &TestBus) -> Vec<(i32, Frame)> {
 
 /// [`read_frames`] through any bus.
 pub async fn read_frames_from(bus: Bus) -> Vec<(i32, Frame)> {
-    tokio::task::spawn_blocking(move || {
-        let topic = bus.topic_name(topics::FRAMES.name());
-        let consumer: BaseConsumer = bus
-            .client_config(&[("group.id", "camera-test-reader"), ("enable.auto.commit", "false")])
-            .create()
-            .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        let mut end = HashMap::new();
-        for p in 0..topics::FRAMES.partitions() {
-            let (low, high) =
-                consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");
-            if high > low {
-                assignment.add_partition_offset(&topic, p, Offset::Offset(low)).unwrap();
-                end.insert(p, high);
-            }
+    let topic = bus.topic_name(topics::FRAMES.name());
+    let reader = bus
+        .reader(&topic)
+        .start(Start::Beginning)
+        .open(&CancellationToken::new())
+        .await
+        .expect("the frames topic can be read")
+        .expect("not shut down");
+    let mut end: HashMap<i32, i64> = reader
+        .starts()
+        .iter()
+        .filter(|s| s.high > s.offset)
+        .map(|s| (s.partition, s.high))
+        .collect();
+    let mut frames = Vec::new();
+    while !end.is_empty() {
+        let m = tokio::time::timeout(EVENT_TIMEOUT, reader.recv())
+            .await
+            .expect("the frames on the topic could be read back")
+            .expect("no read error");
+        let frame = m.decode::<Frame>().expect("a Frame").message;
+        if end.get(&m.partition).is_some_and(|high| m.offset + 1 >= *high) {
+            end.remove(&m.partition);
         }
-        let mut frames = Vec::new();
-        if end.is_empty() {
-            return frames;
-        }
-        consumer.assign(&assignment).expect("assign");
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        while !end.is_empty() {
-            assert!(Instant::now() < deadline, "the frames on the topic could not be read back");
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let frame =
-                        topics::FRAMES.decode(m.payload().expect("payload")).expect("a Frame");
-                    if end.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
-                        end.remove(&m.partition());
-                    }
-                    frames.push((m.partition(), frame));
-                }
-                Some(Err(e)) => panic!("reading frames: {e}"),
-                None => {}
-            }
-        }
-        frames.sort_by_key(|(_, f)| f.sequence);
-        frames
-    })
-    .await
-    .expect("reader")
+        frames.push((m.partition, frame));
+    }
+    frames.sort_by_key(|(_, f)| f.sequence);
+    frames
 }
 
 /// Decodes a frame's JPEG and checks it is a JPEG of the size the frame says.

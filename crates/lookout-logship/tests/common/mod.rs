@@ -21,7 +21,7 @@ use axum::{
     routing::post,
 };
 use clap::Parser as _;
-use lookout_bus::{Bus, HandlerError, OwnedMessage, RawHandler, topics};
+use lookout_bus::{Bus, HandlerError, RawHandler, RawMessage, topics};
 use lookout_logship::LogshipArgs;
 use lookout_proto::v1::{Level, LogRecord};
 use lookout_service::Readiness;
@@ -130,10 +130,10 @@ pub async fn wait_all_committed(t: &TestBus, group: &str) {
 }
 
 /// Reads the dead-letter topic in a group of its own.
-pub fn read_dead_letters(bus: &Bus) -> (mpsc::Receiver<OwnedMessage>, CancellationToken) {
-    struct Collect(mpsc::Sender<OwnedMessage>);
+pub fn read_dead_letters(bus: &Bus) -> (mpsc::Receiver<RawMessage>, CancellationToken) {
+    struct Collect(mpsc::Sender<RawMessage>);
     impl RawHandler for Collect {
-        async fn handle(&self, message: &OwnedMessage) -> Result<(), HandlerError> {
+        async fn handle(&self, message: &RawMessage) -> Result<(), HandlerError> {
             let _ = self.0.send(message.clone()).await;
             Ok(())
         }
