@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""`just bench-bus`: Lookout's bus against Python confluent-kafka, same broker, same run.
+"""`just bench-bus`: Lookout's bus against Python confluent-kafka and raw rdkafka, same broker,
+same run.
 
 Sets up bench/.venv (confluent-kafka, protobuf, grpcio-tools), builds the `lookout` command and
 the bus bench, starts one embedded broker (`lookout broker --listen 127.0.0.1:0`), then for
-each round runs crates/lookout-bus/benches/bus.rs and bench/bus/bench_confluent.py for each
-message size, alternating which goes first. Every run works in fresh topics under its own
+each round runs crates/lookout-bus/benches/bus.rs (Lookout's typed bus, then raw rdkafka with
+`--impl raw`) and bench/bus/bench_confluent.py for each message size, in a rotating order. Every run works in fresh topics under its own
 prefix; the embedded broker auto-creates them with 4 partitions on first use, for both sides.
 Prints the machine, the versions and a Markdown table of medians; the raw JSON lines go to
 bench/out/bus.jsonl.
@@ -32,12 +33,15 @@ PYTHON_PACKAGES = ["confluent-kafka==2.16.1", "protobuf==7.36.2", "grpcio-tools=
 # 50k Rust records of 100 B (with Lookout's ~200 B of headers) are ~15 MiB; 401 of 50 KB, ~20 MiB.
 SIZES = {100: (50_000, 4), 51_200: (400, 5)}
 
-LOOKOUT = "lookout-rust"
-PYTHON_IMPLS = {
-    "produce": [("python-confluent", "produce")],
-    "consume": [("python-confluent-poll", "consume, `poll()`"),
-                ("python-confluent-consume", "consume, `consume(1000)`")],
-}
+# (operation, Lookout's implementation, confluent-kafka's, the row's label)
+ROWS = [
+    ("produce", "lookout-rust", "python-confluent", "produce"),
+    ("consume", "lookout-rust", "python-confluent-poll",
+     "consume, one at a time: `Subscriber::run` / `poll()`"),
+    ("consume", "lookout-rust-batched", "python-confluent-consume",
+     "consume, batches of 1000: `run_batched` / `consume(1000)`"),
+]
+RAW = "raw-rdkafka"
 
 
 def build():
@@ -76,32 +80,32 @@ def versions(python):
     ]
 
 
-def table(results):
-    def median(impl, op, size, key):
-        xs = [r[key] for r in results if (r["impl"], r["op"], r["size"]) == (impl, op, size)]
-        return statistics.median(xs) if xs else float("nan")
+def median(results, impl, op, size, key="msg_per_s"):
+    xs = [r[key] for r in results if (r["impl"], r["op"], r["size"]) == (impl, op, size)]
+    return statistics.median(xs) if xs else float("nan")
 
-    rows = ["| operation | frame size | Lookout msg/s | Lookout MB/s | confluent-kafka msg/s "
-            "| confluent-kafka MB/s | Lookout / Python |",
+
+def table(results):
+    rows = ["| operation | frame size | Lookout msg/s | confluent-kafka msg/s | raw rdkafka msg/s "
+            "| Lookout / confluent-kafka | Lookout / raw |",
             "|---|---:|---:|---:|---:|---:|---:|"]
-    for op in ("produce", "consume"):
+    for op, ours_impl, theirs_impl, label in ROWS:
         for size in SIZES:
-            ours = median(LOOKOUT, op, size, "msg_per_s")
-            ours_mb = median(LOOKOUT, op, size, "mb_per_s")
-            for impl, label in PYTHON_IMPLS[op]:
-                theirs = median(impl, op, size, "msg_per_s")
-                theirs_mb = median(impl, op, size, "mb_per_s")
-                rows.append(f"| {label} | {size:,} B | {ours:,.0f} | {ours_mb:,.1f} | "
-                            f"{theirs:,.0f} | {theirs_mb:,.1f} | {ours / theirs:.2f}× |")
+            ours = median(results, ours_impl, op, size)
+            theirs = median(results, theirs_impl, op, size)
+            raw = median(results, RAW, op, size)
+            rows.append(f"| {label} | {size:,} B | {ours:,.0f} | {theirs:,.0f} | {raw:,.0f} | "
+                        f"{ours / theirs:.2f}× | {ours / raw:.2f}× |")
     return "\n".join(rows)
 
 
 def spread(results):
     """Each implementation's slowest and fastest round, to judge the medians."""
     lines = []
+    impls = sorted({r["impl"] for r in results})
     for op in ("produce", "consume"):
         for size in SIZES:
-            for impl in [LOOKOUT] + [i for i, _ in PYTHON_IMPLS[op]]:
+            for impl in impls:
                 xs = [r["msg_per_s"] for r in results
                       if (r["impl"], r["op"], r["size"]) == (impl, op, size)]
                 if xs:
@@ -127,9 +131,11 @@ def main():
                 common = ["--brokers", addr, "--size", str(size), "--messages", str(messages),
                           "--repeat", str(repeat)]
                 rust = [bench, *common, "--prefix", f"bench{rnd}-rust-{size}."]
+                raw = [bench, "--impl", "raw", *common, "--prefix", f"bench{rnd}-raw-{size}."]
                 py = [python, os.path.join(ROOT, "bench", "bus", "bench_confluent.py"),
                       *common, "--prefix", f"bench{rnd}-py-{size}."]
-                for cmd in ([rust, py] if rnd % 2 == 0 else [py, rust]):
+                order = [rust, py, raw]
+                for cmd in order[rnd % 3:] + order[:rnd % 3]:
                     for r in run_bench(cmd, notes):
                         r["round"] = rnd
                         results.append(r)

@@ -32,7 +32,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use lookout_bus::{Bus, HandlerError, Incoming, Rejected, topics};
 use lookout_proto::v1::LogRecord;
-use lookout_service::{Readiness, parse_duration};
+use lookout_service::{Readiness, parse_bytes, parse_duration};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -236,42 +236,5 @@ impl Shared {
             }
         }
         Ok(Rejected::none())
-    }
-}
-
-/// Parses `1048576`, `512k`, `100M`, `1G` (also `100MiB`, `100MB`): powers of 1024.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 100M"))?;
-    let unit = unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
-    let factor: u64 = match unit {
-        "" => 1,
-        "k" | "K" => 1 << 10,
-        "m" | "M" => 1 << 20,
-        "g" | "G" => 1 << 30,
-        _ => return Err(format!("unknown unit in {s:?}: use k, M or G")),
-    };
-    match n.checked_mul(factor) {
-        Some(0) | None => Err(format!("{s:?}: the size must be between 1 byte and 16 EiB")),
-        Some(bytes) => Ok(bytes),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_bytes("100M"), Ok(100 << 20));
-        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("2MB"), Ok(2 << 20));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        for bad in ["", "M", "0", "12 parsecs", "-1"] {
-            assert!(parse_bytes(bad).is_err(), "{bad}");
-        }
     }
 }

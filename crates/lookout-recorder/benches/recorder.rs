@@ -7,9 +7,9 @@
 //!
 //! Each scenario publishes a backlog of frames and predictions (4 cameras, in order) on an
 //! embedded broker, then starts a recorder on a fresh database and times it from its first
-//! handled prediction until every frame is decided. Every prediction is one database
-//! transaction (its decision, or its place in the reorder window), so this measures the
-//! transaction rate the database sustains. Postgres is `LOOKOUT_BENCH_DATABASE_URL` (an
+//! handled prediction until every frame is decided. The recorder takes predictions in batches
+//! (up to 500 of one partition, one transaction each), so this measures what the whole path
+//! sustains: reading, deciding, snapshots, and the database's commits. Postgres is `LOOKOUT_BENCH_DATABASE_URL` (an
 //! administrator URL; a database is created per scenario) or a throwaway server with the
 //! default `fsync=on`; SQLite is a file in a temporary folder (WAL, synchronous=NORMAL).
 //! `LOOKOUT_BENCH_PREDICTIONS` sets the backlog size (default 16000).
@@ -89,6 +89,7 @@ async fn scenario(db: &TestDb, shots: &[Shot]) -> Outcome {
         snapshot_wait: Duration::from_secs(3),
         retain: None,
         group: "recorder".into(),
+        ..RecorderConfig::default()
     };
     let recorder =
         Recorder::new(config, t.bus("lookout-recorder"), db.store().await, Readiness::default());

@@ -22,6 +22,10 @@
 //! the stable one. A frame with the stable label, a low score or no label ends the run, and so
 //! does a skipped gap (the frames are no longer consecutive).
 //!
+//! A prediction of a frame the predictor **skipped** (too old, undecodable; see
+//! `Prediction.skipped`) fills its place in the sequence without being evidence either way:
+//! the frame is decided at once, and a run goes on over it as if it were not there.
+//!
 //! The outcome depends only on the predictions and on which gaps were skipped; with every
 //! prediction arriving within the window (fewer than `window_frames` positions and less than
 //! `window_timeout` late), it is the same whatever the arrival order and duplicates.
@@ -48,6 +52,8 @@ pub struct Observation {
     pub capture_time_ms: i64,
     /// The best label, if the prediction had any.
     pub top1: Option<Label>,
+    /// The predictor did not label this frame: no evidence for or against any label.
+    pub skipped: bool,
 }
 
 /// A stable change of a stream's label.
@@ -303,6 +309,9 @@ impl Detector {
         self.state.last_decided = Some(observation.sequence);
         self.state.last_capture_ms = Some(observation.capture_time_ms);
         out.decided += 1;
+        if observation.skipped {
+            return;
+        }
         let top = match observation.top1 {
             Some(label) if label.score >= self.config.min_score => label,
             _ => {
@@ -368,16 +377,18 @@ mod tests {
                 name: label.to_owned(),
                 score,
             }),
+            skipped: false,
         }
     }
 
-    /// Labels of a script: one character per frame; `.` is a prediction without label and a
-    /// lowercase letter is a low score.
+    /// Labels of a script: one character per frame; `.` is a prediction without label, `_` a
+    /// skipped frame and a lowercase letter is a low score.
     fn script(s: &str) -> Vec<Observation> {
         s.chars()
             .enumerate()
             .map(|(i, c)| match c {
                 '.' => obs(i as u64, "", 0.0),
+                '_' => Observation { skipped: true, ..obs(i as u64, "", 0.0) },
                 c if c.is_ascii_lowercase() => {
                     obs(i as u64, &c.to_ascii_uppercase().to_string(), 0.1)
                 }
@@ -428,6 +439,29 @@ mod tests {
         assert_eq!(changes[1].current.score, 0.5 + 6.0 / 1000.0);
         assert_eq!(changes[1].capture_time_ms, 1_006);
         assert_eq!(changes[1].previous, Some(changes[0].current.clone()));
+    }
+
+    #[test]
+    fn a_skipped_frame_is_no_evidence_and_leaves_no_gap() {
+        // A skipped frame inside a run neither ends it nor counts towards it.
+        let changes = run(config(), &script("AAAB_B_BA"));
+        assert_eq!(
+            summary(&changes),
+            vec![(0, None, "A".into()), (3, Some("A".into()), "B".into())]
+        );
+        // Arriving last, a skipped prediction completes the sequence: nothing waits for it.
+        let arrivals = script("AAA_BBB");
+        let mut d = Detector::new(config());
+        let mut changes = d.offer(arrivals[0].clone(), NOW).changes;
+        changes.extend(d.tick(LATER).changes); // the stream starts
+        for i in [1, 2, 4, 5, 6, 3] {
+            changes.extend(d.offer(arrivals[i].clone(), LATER).changes);
+        }
+        assert_eq!(d.waiting_len(), 0, "every frame decided without a timeout");
+        assert_eq!(
+            summary(&changes),
+            vec![(0, None, "A".into()), (4, Some("A".into()), "B".into())]
+        );
     }
 
     #[test]

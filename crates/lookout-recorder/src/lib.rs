@@ -7,16 +7,23 @@
 //!   score ≥ `--min-score` to be a change.
 //! - [`store`]: sqlx storage, Postgres or SQLite, migrations embedded; the detector's state is
 //!   stored in the same transaction as the changes it decides.
-//! - [`snapshots`]: the frames topic, read without a consumer group into a bounded buffer per
-//!   camera, for each change's JPEG.
-//! - [`Recorder`]: the consumer of `lookout.predictions` (group `recorder`). A prediction's
-//!   handler returns (and so its Kafka offset is stored) only after the transaction holding its
-//!   effect committed: a decided frame, or the prediction itself parked in the stored reorder
-//!   window. A restart reloads the detector state and window from the database, so a
+//! - [`snapshots`]: the frames topic, read without a consumer group into a bounded buffer, and
+//!   the whole rule for each change's JPEG (when it is waited for, when a change is stored
+//!   without one).
+//! - [`Recorder`]: the consumer of `lookout.predictions` (group `recorder`), in batches of up
+//!   to 500 predictions of one partition. A batch's handler returns (and so its Kafka offsets
+//!   are stored) only after the one transaction holding its effect committed: the decided
+//!   frames and the predictions parked in the stored reorder window, of every stream in the
+//!   batch. A restart reloads the detector state and window from the database, so a
 //!   re-delivered prediction is recognised and nothing is decided twice or lost. Committed
 //!   changes are then published on `lookout.changes` from the database (an outbox).
+//! - Bad data is refused, not retried: text that cannot be stored (over 256 bytes, control
+//!   characters) is dead-lettered where it enters, and so is a prediction the database refuses
+//!   for its data (SQLSTATE classes 22, 23, 54); only connection-type errors are retried.
 //! - [`health`]: the `database` readiness check; while the database is unusable the handler
-//!   returns `Transient`, so consumption pauses with no offset moving, and resumes when it is back.
+//!   returns `Transient`, so consumption pauses with no offset moving, and resumes when it is
+//!   back. A configuration error (bad password, unknown database, read-only file) stops the
+//!   service with a clear message instead of retrying for ever.
 //! - [`metrics`]: metric names.
 
 pub mod detector;
@@ -33,7 +40,9 @@ use lookout_service::Readiness;
 use tokio_util::sync::CancellationToken;
 
 pub use detector::{Detector, DetectorConfig};
-pub use recorder::{Recorder, RecorderConfig, StatsSnapshot, change_event, observation};
+pub use recorder::{
+    MAX_TEXT_BYTES, Memory, Recorder, RecorderConfig, StatsSnapshot, change_event, observation,
+};
 pub use store::{Access, Store, StoreError};
 
 /// The recorder's command line: its own options and those every service takes.
@@ -77,7 +86,8 @@ pub enum RecorderError {
 /// The recorder's own options. Each is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RecorderArgs {
-    /// Database URL: `postgres://user:password@host/db` or `sqlite://path?mode=rwc`.
+    /// Database URL: `postgres://user:password@host/db` or `sqlite://path` (created if
+    /// missing).
     #[arg(long, env = "LOOKOUT_DATABASE_URL", default_value = store::DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
     pub database_url: String,
 
@@ -98,14 +108,25 @@ pub struct RecorderArgs {
     #[arg(long, env = "LOOKOUT_REORDER_TIMEOUT", default_value = "3s", value_parser = lookout_service::parse_duration)]
     pub reorder_timeout: Duration,
 
-    /// Frames kept per camera for snapshots.
+    /// Frames kept per camera for snapshots (beyond them, and beyond --snapshot-memory, only
+    /// their positions, to fetch one again when a change needs it).
     #[arg(long, env = "LOOKOUT_SNAPSHOT_BUFFER", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
     pub snapshot_buffer: u32,
 
-    /// How long a change waits for its frame to arrive (it is stored without a snapshot after
-    /// that), and how long a camera's full frame buffer waits for its predictions.
+    /// Memory for buffered frames over all cameras (suffixes k, M, G: powers of 1024).
+    #[arg(long, env = "LOOKOUT_SNAPSHOT_MEMORY", default_value = "256M", value_parser = lookout_service::parse_bytes, value_name = "BYTES")]
+    pub snapshot_memory: u64,
+
+    /// How long a change waits for a frame the frames reader has not read yet but may still
+    /// bring (it is stored without a snapshot after that); also how long a camera whose frame
+    /// positions are full waits for its predictions before its oldest are dropped.
     #[arg(long, env = "LOOKOUT_SNAPSHOT_WAIT", default_value = "3s", value_parser = lookout_service::parse_duration)]
     pub snapshot_wait: Duration,
+
+    /// A camera with no frame and no prediction for this long is dropped from memory (its
+    /// detector state stays in the database).
+    #[arg(long, env = "LOOKOUT_RECORDER_IDLE", default_value = "10m", value_parser = lookout_service::parse_duration)]
+    pub idle: Duration,
 
     /// Delete changes captured more than this many days ago; 0 keeps them forever.
     #[arg(long, env = "LOOKOUT_RETAIN_DAYS", default_value_t = 30)]
@@ -127,7 +148,9 @@ impl RecorderArgs {
                 window_timeout: self.reorder_timeout,
             },
             snapshot_buffer: self.snapshot_buffer as usize,
+            snapshot_memory: usize::try_from(self.snapshot_memory).unwrap_or(usize::MAX),
             snapshot_wait: self.snapshot_wait,
+            idle: self.idle,
             retain: (self.retain_days > 0)
                 .then(|| Duration::from_secs(u64::from(self.retain_days) * 86_400)),
             group: self.group.clone(),
@@ -167,25 +190,24 @@ pub async fn run(
 }
 
 /// Opens the database, retrying while it is unreachable (a recorder may start before its
-/// database). `None` when shut down first.
+/// database); a configuration error (bad password, unknown database, read-only file) is
+/// returned at once. `None` when shut down first.
 async fn open_store(
     url: &str,
     shutdown: &CancellationToken,
 ) -> Result<Option<Store>, RecorderError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = lookout_bus::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match Store::open(url, Access::ReadWrite).await {
             Ok(s) => return Ok(Some(s)),
-            Err(e @ (StoreError::Query { .. } | StoreError::Migrate(_))) => {
+            Err(e) if e.kind() == store::ErrorKind::Transient => {
                 tracing::warn!(error = %e, "database not usable yet; retrying");
             }
             Err(e) => return Err(e.into()),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.wait(shutdown).await {
+            return Ok(None);
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

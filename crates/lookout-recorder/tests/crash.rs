@@ -216,7 +216,7 @@ async fn sqlite_kill_9_and_restart_equals_a_clean_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_kill_9_and_restart_equals_a_clean_run() {
-    let Some(killed) = TestDb::postgres().await else { return };
-    let Some(clean) = TestDb::postgres().await else { return };
+    let killed = TestDb::postgres().await;
+    let clean = TestDb::postgres().await;
     killed_and_restarted_equals_a_clean_run(killed, clean, 42).await;
 }

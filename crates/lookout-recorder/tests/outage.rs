@@ -59,7 +59,7 @@ async fn stored(url: &str) -> Option<Vec<common::Row>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_then_back_loses_nothing() {
-    let Some(db) = TestDb::postgres_dedicated().await else { return };
+    let db = TestDb::postgres_dedicated().await;
     let server = db.server().expect("a dedicated server");
     let t = TestBus::start();
     t.create_registry_topics().await;

@@ -12,7 +12,7 @@ use std::{
 
 use common::{Shot, TestDb};
 use lookout_bus::topics;
-use lookout_proto::v1::PredictionChange;
+use lookout_proto::v1::{Prediction, PredictionChange};
 use lookout_recorder::{
     Recorder, RecorderConfig, RecorderError, StatsSnapshot, detector::DetectorConfig,
 };
@@ -34,6 +34,7 @@ fn config(group: &str) -> RecorderConfig {
         snapshot_wait: Duration::from_millis(500),
         retain: None,
         group: group.into(),
+        ..RecorderConfig::default()
     }
 }
 
@@ -209,7 +210,7 @@ async fn sqlite_slideshow_stores_one_change_per_photo_switch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_slideshow_stores_one_change_per_photo_switch() {
-    let Some(db) = TestDb::postgres().await else { return };
+    let db = TestDb::postgres().await;
     scripted_slideshow(db).await;
 }
 
@@ -252,8 +253,8 @@ async fn sqlite_one_or_three_publishers_give_the_same_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_one_or_three_publishers_give_the_same_changes() {
-    let Some(one) = TestDb::postgres().await else { return };
-    let Some(three) = TestDb::postgres().await else { return };
+    let one = TestDb::postgres().await;
+    let three = TestDb::postgres().await;
     one_or_three_publishers(one, three).await;
 }
 
@@ -292,6 +293,120 @@ async fn sqlite_duplicate_deliveries_add_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_duplicate_deliveries_add_nothing() {
-    let Some(db) = TestDb::postgres().await else { return };
+    let db = TestDb::postgres().await;
     duplicates(db).await;
+}
+
+/// A camera id with a NUL byte and a 10 kB label can never be stored: they are dead-lettered
+/// where they enter, and the rest of the stream, in the same batches, is recorded as usual.
+async fn bad_data(db: TestDb) {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let shots = common::slideshow("porch", 1_700_000_000_000_000, 6, 6, 5);
+    let expected = common::expected_changes(config("").detector, &shots);
+    let dead = t.collect(topics::DLQ);
+    let bus = t.bus("lookout-test");
+    let predictions = bus.publisher(&topics::PREDICTIONS);
+    let nul = Prediction { camera_id: "por\0ch".into(), ..shots[2].prediction() };
+    let mut long = shots[3].prediction();
+    long.top_k[0].name = "x".repeat(10_000);
+    // The bad ones come first: the stream's own predictions follow in the same batches.
+    predictions.send(&long).await.unwrap();
+    predictions.send(&nul).await.unwrap();
+    let running = Running::start(&t, &db, "recorder").await;
+    publish(&t, &shots, 1, 1, &|_| true, 3).await;
+    running.wait("every frame decided", |s| s.decided == shots.len() as u64).await;
+    running.wait("every change published", |s| s.published == expected.len() as u64).await;
+    running.stop().await;
+    assert_eq!(
+        common::stored_rows(&db.store().await).await,
+        common::expected_rows(&expected, &shots)
+    );
+    let letters = dead.wait_for(2).await;
+    let reasons: Vec<&str> =
+        letters.iter().filter_map(|m| m.headers.get_str(lookout_bus::headers::DLQ_ERROR)).collect();
+    assert_eq!(letters.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("label is 10000 bytes")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("camera id") && r.contains("control")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_data_is_dead_lettered_and_the_rest_recorded() {
+    bad_data(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_data_is_dead_lettered_and_the_rest_recorded() {
+    bad_data(TestDb::postgres().await).await;
+}
+
+/// A thousand cameras that each send a few frames and predictions and go quiet: once idle,
+/// the recorder holds none of their frames and none of their detectors in memory (their state
+/// is in the database), and a camera that comes back goes on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cameras_that_go_quiet_leave_memory_bounded() {
+    const CAMERAS: usize = 1000;
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let db = TestDb::sqlite();
+    let idle = Duration::from_secs(2);
+    let readiness = Readiness::default();
+    let recorder = Recorder::new(
+        RecorderConfig { idle, ..config("recorder") },
+        t.bus("lookout-recorder"),
+        db.store().await,
+        readiness,
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (r, s) = (recorder.clone(), stop.clone());
+        async move { r.run(s).await }
+    });
+    let mut shots = Vec::new();
+    for c in 0..CAMERAS {
+        shots.extend(common::slideshow(&format!("cam-{c:04}"), 1_700_000_000_000_000, 4, 1, 0));
+    }
+    let bus = t.bus("lookout-test");
+    let (frames, predictions) =
+        (bus.publisher(&topics::FRAMES), bus.publisher(&topics::PREDICTIONS));
+    let mut pending = Vec::new();
+    for s in &shots {
+        pending.push(frames.enqueue(&s.frame(), None).await.unwrap());
+        pending.push(predictions.enqueue(&s.prediction(), None).await.unwrap());
+    }
+    for p in pending {
+        p.wait().await.unwrap();
+    }
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while recorder.stats().predictions < shots.len() as u64 {
+        assert!(Instant::now() < deadline, "not all handled: {:?}", recorder.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The condition is time: idle for longer than `idle`.
+    let deadline = Instant::now() + idle * 10;
+    loop {
+        let m = recorder.memory();
+        if m.streams == 0 && m.snapshots.cameras == 0 {
+            assert_eq!((m.snapshots.frames, m.snapshots.bytes, m.snapshots.positions), (0, 0, 0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "idle cameras are still held: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A camera that comes back is loaded from the database and goes on where it was: its
+    // re-delivered predictions are recognised as such.
+    let before = recorder.stats();
+    predictions.send(&shots[0].prediction()).await.unwrap();
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while recorder.stats().duplicates == before.duplicates {
+        assert!(Instant::now() < deadline, "the returning camera's prediction was not handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorder.stats().predictions, before.predictions, "not decided twice");
+    assert_eq!(recorder.memory().streams, 1);
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }

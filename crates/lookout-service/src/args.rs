@@ -89,6 +89,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Parses `1048576`, `512k`, `100M`, `1G` (also `100MiB`, `100MB`): powers of 1024.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 100M"))?;
+    let unit = unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let factor: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?}: use k, M or G")),
+    };
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(format!("{s:?}: the size must be between 1 byte and 16 EiB")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -127,6 +147,13 @@ mod tests {
         assert!(!cli.common.no_ship_logs, "logs are shipped by default");
         assert_eq!(cli.common.ship_logs_level, LevelFilter::INFO);
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_bytes("100M"), Ok(100 << 20));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "M", "0", "12 parsecs", "-1"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
         assert!(parse_duration("2 fortnights").is_err());
     }
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use admin::Readiness;
-pub use args::{CommonArgs, parse_duration};
+pub use args::{CommonArgs, parse_bytes, parse_duration};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;

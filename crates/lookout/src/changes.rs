@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use lookout_recorder::{
     Access, Store,
     detector::Label,
-    store::{ChangeFilter, DEFAULT_DATABASE_URL, StoredChange},
+    store::{ChangeFilter, DEFAULT_DATABASE_URL, StoredChange, StoredSnapshot},
 };
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -113,11 +113,15 @@ pub(crate) async fn run_snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
 
 async fn snapshot(store: &Store, id: i64) -> anyhow::Result<Vec<u8>> {
     match store.snapshot(id).await? {
-        None => bail!("no change {id} in {}; `lookout changes` lists them", store.url()),
-        Some(None) => bail!(
-            "change {id} was stored without a snapshot: its frame was no longer buffered when the change was recorded"
+        StoredSnapshot::NoSuchChange => {
+            bail!("no change {id} in {}; `lookout changes` lists them", store.url())
+        }
+        StoredSnapshot::Missing => bail!(
+            "change {id} was stored without a snapshot: the recorder could not get its frame \
+             (the recorder's log says why: the frame was never published, dropped by retention, \
+             or not read within --snapshot-wait)"
         ),
-        Some(Some(jpeg)) => Ok(jpeg),
+        StoredSnapshot::Jpeg(jpeg) => Ok(jpeg),
     }
 }
 
@@ -225,15 +229,15 @@ mod tests {
                 snapshot: snapshot.map(|s| Bytes::from(s.as_bytes().to_vec())),
             };
             store
-                .commit(&Decision {
-                    key: &key,
+                .commit(&[Decision {
+                    key,
                     revision,
-                    state: &StreamState::default(),
-                    insert_waiting: None,
+                    state: StreamState::default(),
+                    insert_waiting: Vec::new(),
                     delete_waiting_upto: None,
-                    changes: &[change],
+                    changes: vec![change],
                     now_ms: 1_763_830_500_000,
-                })
+                }])
                 .await
                 .unwrap();
         }
