@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""`just bench-e2e`: runs `lookout demo` with a synthetic 30 fps camera for a fixed time, keeps
-one browser-like MJPEG client on the viewer, then reads every service's Prometheus metrics and
-prints latency percentiles (capture -> predicted, capture -> shown) and frames dropped per
-stage as a Markdown table."""
+"""`just bench-e2e`: runs `lookout demo` with a synthetic camera for a fixed time, keeps one
+browser-like MJPEG client on the viewer, then reads every service's Prometheus metrics and
+prints latency percentiles (capture -> predicted, capture -> shown), the model's own time per
+frame (the predictor's inference histogram, same run) and the pipeline's overhead over it, and
+frames dropped per stage, as Markdown tables.
+
+    python3 bench/e2e/run.py [--seconds 30] [--fps 30] [--predictors 2]"""
 
 import argparse
 import os
@@ -114,8 +117,37 @@ def main():
     skipped_view = pick(view, "lookout_viewer_frames_skipped_total") or 0
 
     def q(metrics, name, quantile):
+        """A quantile in ms: from a summary's series, or estimated from a histogram's buckets
+        (linear within the bucket, as Prometheus' histogram_quantile does)."""
         v = pick(metrics, name, quantile=quantile)
-        return None if v is None else v * 1000
+        if v is not None:
+            return v * 1000
+        buckets = []
+        for key, count in metrics.items():
+            mm = re.match(rf'{re.escape(name)}_bucket\{{(.*)\}}$', key)
+            if not mm:
+                continue
+            le = dict(re.findall(r'(\w+)="([^"]*)"', mm.group(1))).get("le")
+            buckets.append((float("inf") if le == "+Inf" else float(le), count))
+        if not buckets:
+            return None
+        totals = {}
+        for le, count in buckets:  # several series (labels) of one histogram are summed
+            totals[le] = totals.get(le, 0) + count
+        ordered = sorted(totals.items())
+        total = ordered[-1][1]
+        if total == 0:
+            return None
+        rank, lower, below = float(quantile) * total, 0.0, 0.0
+        for le, count in ordered:
+            if count >= rank:
+                if le == float("inf"):
+                    return lower * 1000
+                width = count - below
+                frac = 0 if width == 0 else (rank - below) / width
+                return (lower + (le - lower) * frac) * 1000
+            lower, below = le, count
+        return None
 
     def fmt(v):
         return "–" if v is None else f"{v:.0f}"
@@ -126,7 +158,14 @@ def main():
     print("|---|---:|---:|")
     for p in preds:
         name = "lookout_predictor_capture_to_predicted_seconds"
-        print(f"| capture → predicted ({p}) | {fmt(q(m[p], name, '0.5'))} | {fmt(q(m[p], name, '0.99'))} |")
+        model = "lookout_predictor_inference_seconds"
+        lat50, lat99 = q(m[p], name, '0.5'), q(m[p], name, '0.99')
+        mod50, mod99 = q(m[p], model, '0.5'), q(m[p], model, '0.99')
+        print(f"| capture → predicted ({p}) | {fmt(lat50)} | {fmt(lat99)} |")
+        print(f"| model inference ({p}) | {fmt(mod50)} | {fmt(mod99)} |")
+        if None not in (lat50, lat99, mod50, mod99):
+            print(f"| pipeline overhead ({p}): latency − model time | {fmt(lat50 - mod50)} | "
+                  f"{fmt(lat99 - mod99)} |")
     name = "lookout_viewer_capture_to_shown_seconds"
     print(f"| capture → shown (viewer, MJPEG part written) | {fmt(q(view, name, '0.5'))} | {fmt(q(view, name, '0.99'))} |")
     print()

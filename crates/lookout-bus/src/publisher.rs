@@ -1,5 +1,10 @@
 use std::{
+    cell::RefCell,
     marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicI32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,6 +22,12 @@ const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between attempts while the producer queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
+thread_local! {
+    /// Where messages are encoded: librdkafka copies the bytes, so one buffer per thread
+    /// serves every message and no allocation is made per message.
+    static ENCODE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A message the brokers acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
@@ -31,8 +42,7 @@ pub struct Delivered {
 /// A message in the producer's queue, not yet acknowledged.
 #[must_use = "a pending message's delivery result should be awaited"]
 pub struct Pending {
-    topic: String,
-    counters: Counters,
+    shared: Arc<Shared>,
     bytes: usize,
     trace: TraceContext,
     delivery: Delivery,
@@ -40,7 +50,7 @@ pub struct Pending {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Pending").field("topic", &self.shared.name).finish_non_exhaustive()
     }
 }
 
@@ -57,14 +67,13 @@ impl Pending {
         };
         match outcome {
             Ok(d) => {
-                self.counters.messages.increment(1);
-                self.counters.bytes.increment(self.bytes as u64);
+                self.shared.messages.increment(1);
+                self.shared.bytes.increment(self.bytes as u64);
                 Ok(Delivered { partition: d.partition, offset: d.offset, trace: self.trace })
             }
             Err(source) => {
-                metrics::counter!(m::PRODUCE_ERRORS, "topic" => self.topic.clone(), "kind" => "delivery")
-                    .increment(1);
-                Err(BusError::Delivery { topic: self.topic, source })
+                self.shared.count_error("delivery");
+                Err(BusError::Delivery { topic: self.shared.name.clone(), source })
             }
         }
     }
@@ -74,30 +83,46 @@ impl Pending {
 #[derive(Debug, Clone)]
 pub struct Publisher<M> {
     bus: Bus,
-    counters: Counters,
     topic: Topic<M>,
-    name: String,
-    content_type: String,
+    shared: Arc<Shared>,
     queue_timeout: Duration,
     _message: PhantomData<fn(M)>,
+}
+
+/// What every message of a publisher shares: names and metric handles resolved once.
+struct Shared {
+    name: String,
+    content_type: String,
+    /// The topic's partition count, asked of the brokers once (0: not yet).
+    partitions: AtomicI32,
+    messages: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn count_error(&self, kind: &'static str) {
+        metrics::counter!(m::PRODUCE_ERRORS, "topic" => self.name.clone(), "kind" => kind)
+            .increment(1);
+    }
 }
 
 impl<M: BusMessage> Publisher<M> {
     pub(crate) fn new(bus: Bus, topic: Topic<M>) -> Self {
         let name = bus.topic_name(topic.name());
-        let counters = Counters {
+        let shared = Arc::new(Shared {
             messages: metrics::counter!(m::PRODUCED_MESSAGES, "topic" => name.clone()),
             bytes: metrics::counter!(m::PRODUCED_BYTES, "topic" => name.clone()),
-        };
-        Self {
-            bus,
-            counters,
-            topic,
-            name,
             content_type: topic.content_type(),
-            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
-            _message: PhantomData,
-        }
+            partitions: AtomicI32::new(0),
+            name,
+        });
+        Self { bus, topic, shared, queue_timeout: DEFAULT_QUEUE_TIMEOUT, _message: PhantomData }
     }
 
     /// How long to wait for room when the producer queue is full (default 30 s).
@@ -108,7 +133,7 @@ impl<M: BusMessage> Publisher<M> {
 
     /// The full topic name, prefix included.
     pub fn topic_name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// Sends a message in a new trace and waits for the brokers' acknowledgement.
@@ -133,17 +158,19 @@ impl<M: BusMessage> Publisher<M> {
         parent: Option<&TraceContext>,
     ) -> Result<Pending, BusError> {
         let started = Instant::now();
-        let prepared = self.prepare(message, parent).await?;
+        let partition = self.partition(message).await?;
+        let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
         loop {
-            match self.try_send(&prepared) {
+            match self.try_send(message, partition, trace) {
                 Ok(p) => return Ok(p),
-                Err(Full) if started.elapsed() < self.queue_timeout => {
+                Err(Attempt::Refused(e)) => return Err(e),
+                Err(Attempt::Full) if started.elapsed() < self.queue_timeout => {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
-                Err(Full) => {
-                    self.count_error("queue_full");
+                Err(Attempt::Full) => {
+                    self.shared.count_error("queue_full");
                     return Err(BusError::QueueFull {
-                        topic: self.name.clone(),
+                        topic: self.shared.name.clone(),
                         waited: started.elapsed(),
                     });
                 }
@@ -158,101 +185,94 @@ impl<M: BusMessage> Publisher<M> {
         message: &M,
         parent: Option<&TraceContext>,
     ) -> Result<Pending, BusError> {
-        let prepared = self.prepare(message, parent).await?;
-        self.try_send(&prepared).map_err(|Full| {
-            self.count_error("queue_full");
-            BusError::QueueFull { topic: self.name.clone(), waited: Duration::ZERO }
+        let partition = self.partition(message).await?;
+        let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
+        self.try_send(message, partition, trace).map_err(|a| match a {
+            Attempt::Refused(e) => e,
+            Attempt::Full => {
+                self.shared.count_error("queue_full");
+                BusError::QueueFull { topic: self.shared.name.clone(), waited: Duration::ZERO }
+            }
         })
     }
 
-    async fn prepare(
+    /// The partition the topic chooses for `message`, or `None` for the key's hash.
+    async fn partition(&self, message: &M) -> Result<Option<i32>, BusError> {
+        match self.topic.partitioning() {
+            lookout_proto::Partitioning::ByKey => Ok(None),
+            lookout_proto::Partitioning::SpreadBySequence => {
+                let mut n = self.shared.partitions.load(Ordering::Relaxed);
+                if n == 0 {
+                    n = self.bus.partition_count(&self.shared.name).await?;
+                    self.shared.partitions.store(n, Ordering::Relaxed);
+                }
+                Ok(self.topic.partition_for(message, n))
+            }
+        }
+    }
+
+    /// Encodes the message and hands it to librdkafka (which copies the bytes).
+    fn try_send(
         &self,
         message: &M,
-        parent: Option<&TraceContext>,
-    ) -> Result<Prepared, BusError> {
-        let payload = self.topic.encode(message);
-        let limit = self.bus.max_message_bytes();
-        if payload.len() > limit {
-            self.count_error("too_large");
-            return Err(BusError::TooLarge {
-                topic: self.name.clone(),
-                size: payload.len(),
-                limit,
-            });
-        }
-        let partition = match self.topic.partitioning() {
-            lookout_proto::Partitioning::ByKey => None,
-            lookout_proto::Partitioning::SpreadBySequence => {
-                let n = self.bus.partition_count(&self.name).await?;
-                self.topic.partition_for(message, n)
+        partition: Option<i32>,
+        trace: TraceContext,
+    ) -> Result<Pending, Attempt> {
+        ENCODE_BUFFER.with_borrow_mut(|buf| {
+            buf.clear();
+            message.encode(buf).expect("a Vec grows as needed");
+            let limit = self.bus.max_message_bytes();
+            if buf.len() > limit {
+                self.shared.count_error("too_large");
+                return Err(Attempt::Refused(BusError::TooLarge {
+                    topic: self.shared.name.clone(),
+                    size: buf.len(),
+                    limit,
+                }));
             }
-        };
-        let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
-        let traceparent = trace.header_bytes();
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header { key: headers::CONTENT_TYPE, value: Some(self.content_type.as_str()) })
-            .insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent[..]) });
-        Ok(Prepared { key: message.key().to_owned(), payload, partition, headers, trace })
-    }
-
-    fn try_send(&self, p: &Prepared) -> Result<Pending, Full> {
-        let mut record = FutureRecord::to(&self.name)
-            .key(p.key.as_str())
-            .payload(p.payload.as_slice())
-            .headers(p.headers.clone());
-        if let Some(partition) = p.partition {
-            record = record.partition(partition);
-        }
-        match self.bus.producer().send_result(record) {
-            Ok(delivery) => Ok(Pending {
-                topic: self.name.clone(),
-                counters: self.counters.clone(),
-                bytes: p.payload.len(),
-                trace: p.trace,
-                delivery: Delivery::Queued(delivery),
-            }),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(Full),
-            Err((source, _)) => {
-                Ok(Pending::failed(self.name.clone(), self.counters.clone(), p.trace, source))
+            let traceparent = trace.header_bytes();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: headers::CONTENT_TYPE,
+                    value: Some(self.shared.content_type.as_str()),
+                })
+                .insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent[..]) });
+            let mut record = FutureRecord::to(&self.shared.name)
+                .key(message.key())
+                .payload(buf.as_slice())
+                .headers(headers);
+            if let Some(partition) = partition {
+                record = record.partition(partition);
             }
-        }
-    }
-
-    fn count_error(&self, kind: &'static str) {
-        metrics::counter!(m::PRODUCE_ERRORS, "topic" => self.name.clone(), "kind" => kind)
-            .increment(1);
+            let bytes = buf.len();
+            match self.bus.producer().send_result(record) {
+                Ok(delivery) => Ok(Pending {
+                    shared: self.shared.clone(),
+                    bytes,
+                    trace,
+                    delivery: Delivery::Queued(delivery),
+                }),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    Err(Attempt::Full)
+                }
+                // Refused outright (unknown partition, bad config…): reported when the caller
+                // waits for it, like any delivery failure.
+                Err((source, _)) => Ok(Pending {
+                    shared: self.shared.clone(),
+                    bytes: 0,
+                    trace,
+                    delivery: Delivery::Refused(source),
+                }),
+            }
+        })
     }
 }
 
-/// Metric handles, resolved once per publisher instead of once per message.
-#[derive(Clone)]
-struct Counters {
-    messages: metrics::Counter,
-    bytes: metrics::Counter,
-}
-
-impl std::fmt::Debug for Counters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counters").finish_non_exhaustive()
-    }
-}
-
-struct Prepared {
-    key: String,
-    payload: Vec<u8>,
-    partition: Option<i32>,
-    headers: OwnedHeaders,
-    trace: TraceContext,
-}
-
-struct Full;
-
-impl Pending {
-    /// A message the producer refused outright (unknown partition, bad config…): the error is
-    /// reported when the caller waits for it, like any delivery failure.
-    fn failed(topic: String, counters: Counters, trace: TraceContext, source: KafkaError) -> Self {
-        Self { topic, counters, bytes: 0, trace, delivery: Delivery::Refused(source) }
-    }
+enum Attempt {
+    /// The producer's queue is full: try again later.
+    Full,
+    /// Refused for good before sending.
+    Refused(BusError),
 }
 
 enum Delivery {

@@ -17,7 +17,11 @@
 //! # Ok(()) }
 //! ```
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use rdkafka::{
     Offset, TopicPartitionList,
@@ -221,6 +225,25 @@ impl Fetcher {
     /// The message at `offset` of `partition`; `None` when it is no longer retained (or not
     /// written yet) after waiting at most 5 s.
     pub async fn fetch(&self, partition: i32, offset: i64) -> Result<Option<RawMessage>, BusError> {
+        let mut found = self.fetch_many(&[(partition, offset)]).await?;
+        Ok(found.remove(&(partition, offset)))
+    }
+
+    /// The messages at these positions, read together: each partition once, from the lowest
+    /// offset wanted to the highest. Positions no longer retained (or not written yet) are
+    /// missing from the answer; the whole fetch waits at most 5 s.
+    pub async fn fetch_many(
+        &self,
+        positions: &[(i32, i64)],
+    ) -> Result<HashMap<(i32, i64), RawMessage>, BusError> {
+        let mut wanted: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+        for (p, o) in positions {
+            wanted.entry(*p).or_default().insert(*o);
+        }
+        let mut found = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
         let mut slot = self.consumer.lock().await;
         if slot.is_none() {
             let consumer: StreamConsumer = self
@@ -232,9 +255,12 @@ impl Fetcher {
                     // An offset no longer retained is an error at once, not a jump elsewhere.
                     ("auto.offset.reset", "error"),
                     ("fetch.wait.max.ms", "10"),
-                    // One message is wanted: do not prefetch megabytes.
-                    ("queued.min.messages", "1"),
-                    ("fetch.max.bytes", "1048576"),
+                    // A few messages are wanted: do not prefetch megabytes. (Not with
+                    // `queued.min.messages=1`: a queue over its threshold postpones the next
+                    // fetch by `fetch.queue.backoff.ms`, a second by default, for every fetch.)
+                    ("max.partition.fetch.bytes", "262144"),
+                    ("queued.max.messages.kbytes", "1024"),
+                    ("fetch.queue.backoff.ms", "10"),
                 ])
                 .create()
                 .map_err(BusError::Config)?;
@@ -242,25 +268,38 @@ impl Fetcher {
         }
         let consumer = slot.as_ref().expect("just created");
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-            .map_err(kafka(&self.topic))?;
+        for (p, offsets) in &wanted {
+            let first = *offsets.first().expect("not empty");
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(first))
+                .map_err(kafka(&self.topic))?;
+        }
         consumer.assign(&tpl).map_err(kafka(&self.topic))?;
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
-        loop {
-            let received = tokio::time::timeout_at(deadline, consumer.recv()).await;
-            match received {
-                Err(_) => return Ok(None),
-                Ok(Ok(m)) if rdkafka::Message::partition(&m) == partition => {
-                    let raw = RawMessage::copy_from(&m, &self.topic);
-                    return Ok((raw.offset == offset).then_some(raw));
+        while !wanted.is_empty() {
+            let received = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => break,
+                Ok(r) => r,
+            };
+            let m = match received {
+                Ok(m) => m,
+                Err(e) => {
+                    // An offset out of range, a partition gone: what was not found is missing.
+                    debug!(topic = %self.topic, error = %e, "cannot fetch");
+                    break;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    debug!(topic = %self.topic, partition, offset, error = %e, "cannot fetch");
-                    return Ok(None);
-                }
+            };
+            let (p, o) = (rdkafka::Message::partition(&m), rdkafka::Message::offset(&m));
+            let Some(offsets) = wanted.get_mut(&p) else { continue };
+            if offsets.remove(&o) {
+                found.insert((p, o), RawMessage::copy_from(&m, &self.topic));
+            }
+            // Offsets only grow within a partition: those below this one are not there.
+            offsets.retain(|wanted| *wanted > o);
+            if offsets.is_empty() {
+                wanted.remove(&p);
             }
         }
+        Ok(found)
     }
 }
 

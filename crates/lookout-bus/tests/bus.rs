@@ -650,9 +650,14 @@ async fn readers_start_where_asked() {
     changes(&bus, 10, 1).await;
     assert_eq!(read_sequences(&at_end, 1).await, vec![10], "only what comes after");
 
-    let fetched = bus.fetcher(&name).fetch(0, 3).await.unwrap().expect("offset 3 is there");
+    let fetcher = bus.fetcher(&name);
+    let fetched = fetcher.fetch(0, 3).await.unwrap().expect("offset 3 is there");
     assert_eq!(fetched.offset, 3);
     assert_eq!(fetched.decode::<PredictionChange>().unwrap().message.frame_sequence, 3);
+    let many = fetcher.fetch_many(&[(0, 9), (0, 2), (0, 5)]).await.unwrap();
+    let offsets: BTreeSet<i64> = many.keys().map(|(_, o)| *o).collect();
+    assert_eq!(offsets, [2, 5, 9].into(), "several positions read in one pass");
+    assert_eq!(many[&(0, 5)].decode::<PredictionChange>().unwrap().message.frame_sequence, 5);
 
     let missing = bus.reader(&bus.topic_name("no.such.topic")).open(&stop).await.unwrap_err();
     assert!(matches!(missing, BusError::UnknownTopic { .. }), "{missing}");

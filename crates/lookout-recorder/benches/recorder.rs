@@ -56,6 +56,7 @@ struct Outcome {
     changes: u64,
     missing: usize,
     seconds: f64,
+    transactions: u64,
 }
 
 async fn scenario(db: &TestDb, shots: &[Shot]) -> Outcome {
@@ -113,11 +114,12 @@ async fn scenario(db: &TestDb, shots: &[Shot]) -> Outcome {
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     let changes = recorder.stats().changes;
+    let transactions = recorder.stats().batches;
     stop.cancel();
     task.await.expect("recorder task").expect("recorder stops cleanly");
     let stored = db.store().await.changes(&Default::default()).await.expect("changes listed");
     let missing = stored.iter().filter(|c| c.snapshot_missing).count();
-    Outcome { changes, missing, seconds }
+    Outcome { changes, missing, seconds, transactions }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +145,9 @@ async fn main() {
     }
 
     println!(
-        "| backend | changes | predictions | changes stored | snapshots missing | seconds | predictions/s |"
+        "| backend | changes | predictions | changes stored | snapshots missing | transactions | seconds | predictions/s |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (what, run) in [("few (one per 500 frames)", 500), ("many (one per 6 frames)", 6)] {
         let shots = shots(per_camera, run);
         let mut backends = vec![("SQLite", TestDb::sqlite())];
@@ -155,10 +157,11 @@ async fn main() {
         for (name, db) in backends {
             let o = scenario(&db, &shots).await;
             println!(
-                "| {name} | {what} | {} | {} | {} | {:.2} | {:.0} |",
+                "| {name} | {what} | {} | {} | {} | {} | {:.2} | {:.0} |",
                 shots.len(),
                 o.changes,
                 o.missing,
+                o.transactions,
                 o.seconds,
                 shots.len() as f64 / o.seconds
             );

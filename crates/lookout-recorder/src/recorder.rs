@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures_util::future::join_all;
 use lookout_bus::{Bus, HandlerError, Incoming, Rejected, topics};
 use lookout_proto::v1::{
     self, ModelRef, Prediction, PredictionChange, SkipReason as PredictorSkip,
@@ -477,10 +476,7 @@ impl Inner {
                 drop(guards);
                 let deadline = *deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.config.snapshot_wait);
-                let taken = unsettled.iter().map(|(camera, seq): &(String, u64)| {
-                    self.snapshots.take(camera, *seq, deadline)
-                });
-                let taken = join_all(taken).await;
+                let taken = self.snapshots.take_all(&unsettled, deadline).await;
                 settled.extend(unsettled.into_iter().zip(taken));
                 continue;
             }

@@ -394,6 +394,61 @@ impl Snapshots {
         }
     }
 
+    /// [`Snapshots::take`] for several frames at once: those whose positions are known are
+    /// fetched together (each partition read once), the others waited for side by side.
+    pub async fn take_all(
+        &self,
+        wanted: &[(String, u64)],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Snapshot> {
+        let positions: Vec<Option<(i32, i64)>> = {
+            let state = self.lock();
+            wanted
+                .iter()
+                .map(|(camera, seq)| {
+                    state.cameras.get(camera).and_then(|c| c.index.get(seq).copied())
+                })
+                .collect()
+        };
+        let known: Vec<(i32, i64)> = positions.iter().flatten().copied().collect();
+        let mut fetched = match (self.fetcher.get(), known.is_empty()) {
+            (Some(fetcher), false) => fetcher.fetch_many(&known).await.unwrap_or_else(|e| {
+                debug!(error = %e, "cannot fetch frames again");
+                HashMap::new()
+            }),
+            _ => HashMap::new(),
+        };
+        let mut out: Vec<Option<Snapshot>> = positions
+            .iter()
+            .zip(wanted)
+            .map(|(position, (camera, sequence))| {
+                let at = (*position)?;
+                let frame = fetched.remove(&at).and_then(|m| m.decode::<Frame>().ok());
+                Some(match frame {
+                    Some(f)
+                        if f.message.camera_id == *camera && f.message.sequence == *sequence =>
+                    {
+                        metrics::counter!(m::FRAMES_FETCHED).increment(1);
+                        Snapshot::Frame(f.message.data)
+                    }
+                    _ => Snapshot::Missing(Missing::NotFetched),
+                })
+            })
+            .collect();
+        let waits = out
+            .iter()
+            .zip(wanted)
+            .filter(|(s, _)| s.is_none())
+            .map(|(_, (camera, seq))| self.take(camera, *seq, deadline));
+        let mut waited = futures_util::future::join_all(waits).await.into_iter();
+        for s in &mut out {
+            if s.is_none() {
+                *s = waited.next();
+            }
+        }
+        out.into_iter().map(|s| s.unwrap_or(Snapshot::Missing(Missing::NotFetched))).collect()
+    }
+
     /// Fetches a frame read but not kept again from Kafka, if it is still there and is the
     /// one expected.
     async fn fetch(&self, camera: &str, sequence: u64, partition: i32, offset: i64) -> Snapshot {
