@@ -336,20 +336,31 @@ impl Site {
 
     fn start(&mut self, c: &Container) -> Running {
         let (argv, env, admin) = self.localise(c);
-        let log = self.dir.path().join(format!("{}.log", c.name));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{} starts: {e}", c.name));
-        Running { name: c.name.clone(), child, admin, log }
+        spawn(self.dir.path(), &c.name, &argv, &env, admin)
     }
+}
+
+/// Starts `argv` with nothing in its environment but `env` and `PATH`, output to a file in `dir`.
+fn spawn(
+    dir: &Path,
+    name: &str,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    admin: String,
+) -> Running {
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+    Running { name: name.to_owned(), child, admin, log }
 }
 
 /// `GET path` on `addr`: the status code and body.
@@ -452,4 +463,69 @@ fn docker_compose_runs_and_shows_a_labelled_frame() {
 fn kubernetes_manifests_run_and_show_a_labelled_frame() {
     let containers = kubernetes("deploy/k8s/overlays/samples");
     run_deployment("deploy/k8s/overlays/samples", &containers);
+}
+
+/// The environment variables a command reads, as its `--help` lists them (`[env: NAME=…]`).
+fn variables(command: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(command)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command:?} --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let vars: Vec<String> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|s| s.split([']', '=']).next().unwrap().to_owned())
+        .collect();
+    assert!(vars.iter().any(|v| v == "LOOKOUT_KAFKA_OPTS"), "{command:?}: {help}");
+    vars
+}
+
+#[test]
+fn every_service_takes_an_empty_variable_for_unset() {
+    let mut site = Site::new();
+    let t = site.bus.clone();
+    let dir = site.dir.path().to_owned();
+    let model = repo("models/efficientnet-lite0/model.toml").display().to_string();
+    let db = format!("sqlite://{}?mode=rwc", dir.join("lookout.db").display());
+    let services: [(&str, Vec<&str>); 5] = [
+        ("camera", vec!["--source", "synthetic", "--fps", "2"]),
+        ("predictor", vec!["--model", &model]),
+        ("viewer", vec!["--listen", "127.0.0.1:0"]),
+        ("recorder", vec!["--database-url", &db]),
+        ("logship", vec!["--sink", "stdout"]),
+    ];
+    let at = |extra: &[&str]| -> Vec<String> {
+        let mut argv = vec![env!("CARGO_BIN_EXE_lookout").to_owned()];
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        argv.extend(["--brokers".into(), t.brokers().to_owned()]);
+        argv.extend(["--topic-prefix".into(), t.prefix().to_owned()]);
+        argv
+    };
+    // Every variable a command reads is set, and empty.
+    let empty = |command: &str| -> BTreeMap<String, String> {
+        variables(&[command]).into_iter().map(|v| (v, String::new())).collect()
+    };
+
+    let mut topics = spawn(&dir, "topics", &at(&["topics"]), &empty("topics"), String::new());
+    let status = topics.child.wait().unwrap();
+    assert!(status.success(), "lookout topics with empty variables: {}", topics.output());
+
+    let mut running = Vec::new();
+    for (service, args) in services {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut argv = at(&[&[service], &args[..]].concat());
+        argv.extend(["--admin-addr".into(), admin.clone()]);
+        running.push(spawn(&dir, service, &argv, &empty(service), admin));
+    }
+    for i in 0..running.len() {
+        let (name, admin) = (running[i].name.clone(), running[i].admin.clone());
+        until(&format!("{name} with empty variables to be ready"), &mut running, || {
+            http_get(&admin, "/readyz").filter(|(status, _)| *status == 200)
+        });
+    }
+    drop(site.db.take());
 }
