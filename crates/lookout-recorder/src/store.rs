@@ -801,18 +801,10 @@ impl Store {
     }
 }
 
-/// Hides the password of a database URL.
+/// Hides the password of a database URL, in its user information (`user:***@`) or its query
+/// (`?password=***`).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+    lookout_service::redact::url(url)
 }
 
 /// Migrations compiled into the binary.

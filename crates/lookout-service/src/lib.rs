@@ -2,7 +2,8 @@
 //! ([`CommonArgs`], parsed by [`parse_args`]: empty variables count as unset, secret values
 //! stay out of `--help` and errors), logging with the service's logs shipped on the logs topic (unless
 //! `--no-ship-logs`), signal handling and shutdown ([`shutdown`]), and the admin HTTP server
-//! with `/livez`, `/readyz` and `/metrics` ([`admin`]).
+//! with `/livez`, `/readyz` and `/metrics` ([`admin`]), and credentials masked in URLs and
+//! text that show them ([`redact`]).
 //!
 //! A service's `main` stays thin:
 //!
@@ -19,6 +20,7 @@
 pub mod admin;
 mod args;
 pub mod cli;
+pub mod redact;
 pub mod shutdown;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};

@@ -529,3 +529,227 @@ fn every_service_takes_an_empty_variable_for_unset() {
     }
     drop(site.db.take());
 }
+
+/// Passwords planted in a deployment's configuration; none may show in any output.
+const RTSP_PASSWORD: &str = "rtsp-pw-Q7x1";
+const HTTP_PASSWORD: &str = "http-pw-Z9k2";
+const DB_PASSWORD: &str = "db-pw-M4v8";
+const SASL_PASSWORD: &str = "sasl-pw-R2d5";
+const ES_API_KEY: &str = "es-key-T6w3";
+const PLANTED: [&str; 5] = [RTSP_PASSWORD, HTTP_PASSWORD, DB_PASSWORD, SASL_PASSWORD, ES_API_KEY];
+
+/// Serves `body` (an MPEG-TS video) over HTTP to clients that send basic-auth credentials,
+/// paced over about `duration` so the stream stays open; answers 401 to the others, as a camera
+/// does. Returns the address and the credentials each request carried.
+fn serve_stream(
+    body: Vec<u8>,
+    duration: Duration,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use base64::Engine as _;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let (body, log) = (body.clone(), log.clone());
+            thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let auth = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    let b64 = v.trim().strip_prefix("Basic ")?;
+                    k.eq_ignore_ascii_case("authorization").then(|| {
+                        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                        String::from_utf8(raw).ok()
+                    })?
+                });
+                let Some(auth) = auth else {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"camera\"\r\n\
+                          Content-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                };
+                log.lock().unwrap().push(auth);
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(header.as_bytes());
+                // Paced like a live camera: the stream, and ffmpeg reading it, stay up.
+                let pieces = 50;
+                for chunk in body.chunks(body.len().div_ceil(pieces)) {
+                    if stream.write_all(chunk).is_err() {
+                        return;
+                    }
+                    thread::sleep(duration / pieces as u32);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The command lines of `pid`'s child processes.
+fn children_command_lines(pid: u32) -> Vec<String> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|c| std::fs::read(format!("/proc/{c}/cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .collect()
+}
+
+#[test]
+fn a_planted_password_appears_in_no_service_output() {
+    let site = Site::new();
+    let dir = site.dir.path().to_owned();
+    let clip = dir.join("clip.ts");
+    let made = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=5"])
+        .args(["-t", "20", "-c:v", "mpeg2video", "-f", "mpegts"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg runs (the camera's streams need it)");
+    assert!(made.success());
+    let (http, credentials) = serve_stream(std::fs::read(&clip).unwrap(), Duration::from_secs(20));
+    // Nothing listens there: ffmpeg fails and the camera reconnects, logging each attempt.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let db = Database::create("lookout");
+    let db_url = db.point(&format!("postgres://lookout:{DB_PASSWORD}@db/lookout"));
+    let model = repo("models/efficientnet-lite0/model.toml").display().to_string();
+
+    let base: BTreeMap<String, String> = [
+        ("LOOKOUT_BROKERS", site.bus.brokers().to_owned()),
+        ("LOOKOUT_TOPIC_PREFIX", site.bus.prefix().to_owned()),
+        ("LOOKOUT_KAFKA_OPTS", format!("sasl.password={SASL_PASSWORD}")),
+        ("LOOKOUT_LOGSHIP_ES_API_KEY", ES_API_KEY.to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let with = |extra: &[(&str, String)]| {
+        let mut env = base.clone();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        env
+    };
+    let http_source = format!("http://viewer:{HTTP_PASSWORD}@{http}/live.ts");
+    let rtsp_source = format!("rtsp://admin:{RTSP_PASSWORD}@{closed}/stream1");
+    let viewer = format!("127.0.0.1:{}", free_port());
+    let plan: Vec<(&str, Vec<&str>, BTreeMap<String, String>)> = vec![
+        ("logship", vec!["logship", "--sink", "stdout"], with(&[])),
+        ("recorder", vec!["recorder"], with(&[("LOOKOUT_DATABASE_URL", db_url.clone())])),
+        ("viewer", vec!["viewer", "--listen", &viewer], with(&[])),
+        ("predictor", vec!["predictor", "--model", &model, "--max-frame-age", "0"], with(&[])),
+        (
+            "camera-http",
+            vec!["camera", "--camera-id", "door"],
+            with(&[("LOOKOUT_CAMERA_SOURCE", http_source.clone())]),
+        ),
+        ("camera-rtsp", vec!["camera"], with(&[("LOOKOUT_CAMERA_SOURCE", rtsp_source.clone())])),
+    ];
+    let mut running = Vec::new();
+    for (name, args, env) in &plan {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let mut argv = vec![env!("CARGO_BIN_EXE_lookout").to_owned()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        argv.extend(["--admin-addr".to_owned(), admin.clone()]);
+        running.push(spawn(&dir, name, &argv, env, admin));
+    }
+    let ready: Vec<(String, String)> = running
+        .iter()
+        .filter(|r| r.name != "camera-rtsp")
+        .map(|r| (r.name.clone(), r.admin.clone()))
+        .collect();
+    for (name, admin) in ready {
+        until(&format!("{name} to be ready"), &mut running, || {
+            http_get(&admin, "/readyz").filter(|(status, _)| *status == 200)
+        });
+    }
+    // The HTTP camera's frames reach the viewer, labelled: its credentials reached the camera.
+    until("the HTTP camera's frames on the viewer", &mut running, || {
+        let (_, body) = http_get(&viewer, "/api/cameras")?;
+        let cameras: Json = serde_json::from_slice(&body).ok()?;
+        cameras
+            .as_array()?
+            .iter()
+            .find(|c| c["id"] == "door" && c["label"]["name"].is_string())
+            .cloned()
+    });
+    assert!(
+        credentials.lock().unwrap().iter().any(|c| *c == format!("viewer:{HTTP_PASSWORD}")),
+        "ffmpeg sent the stream's credentials"
+    );
+    let camera_pid = running.iter().find(|r| r.name == "camera-http").unwrap().child.id();
+    let ffmpeg = until("the HTTP camera's ffmpeg", &mut running, || {
+        children_command_lines(camera_pid).into_iter().find(|c| c.contains("ffmpeg"))
+    });
+    let rtsp_log = running.iter().find(|r| r.name == "camera-rtsp").unwrap().log.clone();
+    until("the RTSP camera's reconnection", &mut running, || {
+        let text = std::fs::read_to_string(&rtsp_log).ok()?;
+        text.contains("reconnecting").then_some(())
+    });
+
+    // Everything the services show: their output, metrics and API, --help and a usage error.
+    let mut shown: Vec<(String, String)> = vec![("ffmpeg's command line".into(), ffmpeg)];
+    for r in &running {
+        shown.push((format!("{} output", r.name), r.output()));
+        let metrics = http_get(&r.admin, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        shown.push((format!("{} /metrics", r.name), String::from_utf8_lossy(&metrics).into()));
+    }
+    for path in ["/api/cameras", "/api/changes"] {
+        let (_, body) = http_get(&viewer, path).unwrap();
+        shown.push((format!("viewer {path}"), String::from_utf8_lossy(&body).into()));
+    }
+    let all_secrets = with(&[
+        ("LOOKOUT_CAMERA_SOURCE", rtsp_source.clone()),
+        ("LOOKOUT_DATABASE_URL", db_url.clone()),
+    ]);
+    for command in [
+        &["camera"][..],
+        &["predictor"],
+        &["viewer"],
+        &["recorder"],
+        &["logship"],
+        &["topics"],
+        &["changes"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+            .args(command)
+            .arg("--help")
+            .env_clear()
+            .envs(&all_secrets)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(help.contains("[env: LOOKOUT_"), "{command:?} --help names its variables");
+        shown.push((format!("lookout {} --help", command.join(" ")), help));
+    }
+    let bad = [("LOOKOUT_DATABASE_URL", format!("mysql://lookout:{DB_PASSWORD}@db/x"))];
+    let refused = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .arg("recorder")
+        .env_clear()
+        .envs(with(&bad))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(64), "a database URL the recorder cannot use");
+    shown.push(("a usage error".into(), String::from_utf8_lossy(&refused.stderr).into()));
+
+    assert!(shown.iter().any(|(_, s)| s.contains("rtsp://admin:***@")), "sources show masked");
+    for (what, text) in &shown {
+        for secret in PLANTED {
+            assert!(!text.contains(secret), "{what} shows the planted {secret}:\n{text}");
+        }
+    }
+    drop(running);
+    drop(db);
+}
