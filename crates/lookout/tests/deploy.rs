@@ -450,7 +450,72 @@ fn run_deployment(what: &str, containers: &[Container]) -> (Site, Vec<Running>) 
     let (status, jpeg) = http_get(&viewer, "/cameras/samples/snapshot.jpg").unwrap();
     assert_eq!(status, 200);
     assert_eq!(jpeg[..2], [0xff, 0xd8], "the snapshot is a JPEG");
+    // Metrics are checked with a stream client connected, so the viewer's client metrics exist.
+    let mut watcher = TcpStream::connect(&viewer).unwrap();
+    write!(watcher, "GET /cameras/samples/stream.mjpeg HTTP/1.1\r\nHost: {viewer}\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 256];
+    assert!(watcher.read(&mut first).unwrap() > 0, "the stream starts");
+    for r in &running {
+        check_metrics(&r.name, &r.admin);
+    }
     (site, running)
+}
+
+/// `promtool`: on the `PATH` (`.ci/run` installs it from Debian's `prometheus` package).
+fn promtool() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.is_file())
+        .expect(
+            "promtool checks the metrics' names: install it (Debian's prometheus package; \
+             .ci/run installs only its promtool)",
+        )
+}
+
+/// A service's `/metrics` keeps Prometheus' naming rules (`promtool check metrics`), every
+/// histogram has buckets (no summaries, which cannot be added up across replicas), and no
+/// family's name is another's with `_total` cut off (a gauge `x` and a counter `x_total`).
+fn check_metrics(name: &str, admin: &str) {
+    let (status, body) = http_get(admin, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200, "{name} /metrics");
+    let text = String::from_utf8(body).unwrap();
+    let mut lint = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    // promtool exits 3 for lint problems and lists them; a missing help text is documentation,
+    // not a name, and is left to the `describe_*` calls of each crate.
+    let report =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let problems: Vec<&str> =
+        report.lines().filter(|l| !l.trim().is_empty() && !l.ends_with("no help text")).collect();
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)) && problems.is_empty(),
+        "{name}: promtool check metrics ({}): {}",
+        out.status,
+        problems.join("\n")
+    );
+    let types: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    assert!(!types.is_empty(), "{name} exports its metrics");
+    for (family, kind) in &types {
+        assert_ne!(*kind, "summary", "{name}: {family} is a summary, not a histogram");
+        if *kind == "histogram" {
+            assert!(text.contains(&format!("{family}_bucket{{")), "{name}: {family} has buckets");
+        }
+        if let Some(base) = family.strip_suffix("_total") {
+            assert!(!types.contains_key(base), "{name}: {family} and {base} share a family");
+        }
+    }
 }
 
 #[test]
