@@ -1,11 +1,11 @@
 //! Topic administration: create the registry's topics, describe topics and consumer groups.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use lookout_proto::TopicSpec;
 use rdkafka::{
     Offset, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::RDKafkaErrorCode,
@@ -102,7 +102,9 @@ pub fn partitions_blocking(bus: &Bus, topic: &str) -> Result<Vec<i32>, BusError>
 }
 
 /// Creates the topics of `specs` (names get the bus's prefix) that do not exist yet, with
-/// their configured partition counts. Existing topics are left alone, so this is idempotent.
+/// their configured partition counts and retention (topic configs `retention.ms`, `segment.ms`,
+/// `retention.bytes`). Existing topics are left alone, so this is idempotent; [`topic_configs`]
+/// tells whether their settings differ.
 pub async fn ensure_topics(bus: &Bus, specs: &[TopicSpec]) -> Result<Vec<String>, BusError> {
     let existing = describe(bus).await?;
     let mut missing = Vec::new();
@@ -116,7 +118,7 @@ pub async fn ensure_topics(bus: &Bus, specs: &[TopicSpec]) -> Result<Vec<String>
                 "topic has fewer partitions than configured",
             ),
             Some(_) => {}
-            None => missing.push((name, spec.partitions)),
+            None => missing.push((name, spec.partitions, spec.retention.map(|r| r.configs()))),
         }
     }
     if missing.is_empty() {
@@ -126,12 +128,15 @@ pub async fn ensure_topics(bus: &Bus, specs: &[TopicSpec]) -> Result<Vec<String>
         bus.client_config(&[]).create().map_err(BusError::Config)?;
     let new: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1)))
+        .map(|(name, partitions, configs)| {
+            let topic = NewTopic::new(name, *partitions, TopicReplication::Fixed(-1));
+            configs.iter().flatten().fold(topic, |t, (k, v)| t.set(k, v))
+        })
         .collect();
     let options =
         AdminOptions::new().operation_timeout(Some(TIMEOUT)).request_timeout(Some(TIMEOUT));
     let results = admin.create_topics(&new, &options).await.map_err(|source| BusError::Kafka {
-        topic: missing.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","),
+        topic: missing.iter().map(|(n, ..)| n.as_str()).collect::<Vec<_>>().join(","),
         source,
     })?;
     let mut created = Vec::new();
@@ -151,6 +156,42 @@ pub async fn ensure_topics(bus: &Bus, specs: &[TopicSpec]) -> Result<Vec<String>
         }
     }
     Ok(created)
+}
+
+/// The configs of the topics `names` (full names) as the brokers report them (DescribeConfigs),
+/// topic by topic; a topic that does not exist is left out. The embedded broker does not
+/// support DescribeConfigs: that is an error.
+pub async fn topic_configs(
+    bus: &Bus,
+    names: &[String],
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, BusError> {
+    let admin: AdminClient<DefaultClientContext> =
+        bus.client_config(&[]).create().map_err(BusError::Config)?;
+    let resources: Vec<ResourceSpecifier<'_>> =
+        names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+    let results = admin
+        .describe_configs(&resources, &options)
+        .await
+        .map_err(|source| BusError::Kafka { topic: names.join(","), source })?;
+    let mut out = BTreeMap::new();
+    for (name, result) in names.iter().zip(results) {
+        match result {
+            Ok(resource) => {
+                let entries =
+                    resource.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect();
+                out.insert(name.clone(), entries);
+            }
+            Err(RDKafkaErrorCode::UnknownTopicOrPartition) => {}
+            Err(code) => {
+                return Err(BusError::Kafka {
+                    topic: name.clone(),
+                    source: rdkafka::error::KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every topic on the brokers with its partitions' low and high offsets.

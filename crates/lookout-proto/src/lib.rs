@@ -33,7 +33,7 @@ use std::sync::LazyLock;
 
 pub mod topics;
 
-pub use topics::{BusMessage, Partitioning, Topic, TopicSpec};
+pub use topics::{BusMessage, Partitioning, Retention, Topic, TopicSpec};
 
 /// Generated protobuf types of package `lookout.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

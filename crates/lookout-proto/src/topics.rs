@@ -8,6 +8,10 @@
 //! | `lookout.logs` | [`LogRecord`] | service name | 3 | by key |
 //! | `lookout.dlq` | the original bytes | the original key | 1 | by key |
 //!
+//! Each topic also says how long the brokers keep it ([`Retention`], set when
+//! `lookout topics --create` creates it): frames for an hour, predictions for a week, changes
+//! for a month, logs for two days, dead letters for a week.
+//!
 //! Frames of one camera are spread over all partitions of `lookout.frames` (partition =
 //! (hash(camera) + sequence) mod partitions), so predictor replicas in one consumer group
 //! share even a single camera's load. Order is restored downstream by sequence number.
@@ -71,6 +75,53 @@ pub enum Partitioning {
     SpreadBySequence,
 }
 
+/// How much of a topic the brokers keep: Kafka's topic configs `retention.ms`, `segment.ms`
+/// and `retention.bytes`. Kafka deletes whole segments, so a segment is closed after
+/// `segment_ms` to let time-based retention act on a quiet topic (the brokers' default closes it
+/// at 1 GiB or after 7 days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// How long a message is kept, in milliseconds.
+    pub ms: i64,
+    /// How long a segment stays open, in milliseconds.
+    pub segment_ms: i64,
+    /// Most bytes kept per partition; -1 for no limit.
+    pub bytes: i64,
+}
+
+/// One hour, in milliseconds.
+const HOUR_MS: i64 = 3_600_000;
+/// One day, in milliseconds.
+const DAY_MS: i64 = 24 * HOUR_MS;
+/// One GiB.
+const GIB: i64 = 1 << 30;
+
+impl Retention {
+    /// The topic configs, named as Kafka names them.
+    pub fn configs(&self) -> [(&'static str, String); 3] {
+        [
+            ("retention.ms", self.ms.to_string()),
+            ("segment.ms", self.segment_ms.to_string()),
+            ("retention.bytes", self.bytes.to_string()),
+        ]
+    }
+}
+
+/// Frames are large and only worth seeing live or shortly after: an hour, at most 1 GiB per
+/// partition, in segments of 10 minutes.
+pub const FRAMES_RETENTION: Retention =
+    Retention { ms: HOUR_MS, segment_ms: HOUR_MS / 6, bytes: GIB };
+/// Predictions are small and worth replaying: a week, in daily segments.
+pub const PREDICTIONS_RETENTION: Retention =
+    Retention { ms: 7 * DAY_MS, segment_ms: DAY_MS, bytes: 2 * GIB };
+/// Changes are few: a month, in daily segments.
+pub const CHANGES_RETENTION: Retention =
+    Retention { ms: 30 * DAY_MS, segment_ms: DAY_MS, bytes: GIB };
+/// Logs until the shippers have surely written them: two days, in hourly segments.
+pub const LOGS_RETENTION: Retention = Retention { ms: 2 * DAY_MS, segment_ms: HOUR_MS, bytes: GIB };
+/// Dead letters wait for someone to look: a week, in daily segments.
+pub const DLQ_RETENTION: Retention = Retention { ms: 7 * DAY_MS, segment_ms: DAY_MS, bytes: GIB };
+
 /// A topic bound to its message type `M`.
 #[derive(Debug)]
 pub struct Topic<M> {
@@ -78,6 +129,7 @@ pub struct Topic<M> {
     partitions: i32,
     partitioning: Partitioning,
     key: &'static str,
+    retention: Retention,
     _message: PhantomData<fn() -> M>,
 }
 
@@ -95,8 +147,14 @@ impl<M: BusMessage> Topic<M> {
         partitions: i32,
         partitioning: Partitioning,
         key: &'static str,
+        retention: Retention,
     ) -> Self {
-        Self { name, partitions, partitioning, key, _message: PhantomData }
+        Self { name, partitions, partitioning, key, retention, _message: PhantomData }
+    }
+
+    /// How much of the topic the brokers keep.
+    pub const fn retention(&self) -> Retention {
+        self.retention
     }
 
     /// The topic name without any deployment prefix.
@@ -160,6 +218,7 @@ impl<M: BusMessage> Topic<M> {
             partitions: self.partitions,
             message_type: M::full_name(),
             key: self.key,
+            retention: Some(self.retention),
         }
     }
 }
@@ -175,23 +234,25 @@ pub struct TopicSpec {
     pub message_type: String,
     /// What the key holds.
     pub key: &'static str,
+    /// What the brokers keep, set when the topic is created; `None`: the brokers' defaults.
+    pub retention: Option<Retention>,
 }
 
 /// Camera frames, from `lookout-camera` to the predictor, viewer and recorder.
 pub const FRAMES: Topic<Frame> =
-    Topic::new("lookout.frames", 6, Partitioning::SpreadBySequence, "camera id");
+    Topic::new("lookout.frames", 6, Partitioning::SpreadBySequence, "camera id", FRAMES_RETENTION);
 
 /// Labels per frame, from the predictor to the viewer and recorder.
 pub const PREDICTIONS: Topic<Prediction> =
-    Topic::new("lookout.predictions", 3, Partitioning::ByKey, "camera id");
+    Topic::new("lookout.predictions", 3, Partitioning::ByKey, "camera id", PREDICTIONS_RETENTION);
 
 /// Stable label changes, from the recorder (after they are stored) to the viewer.
 pub const CHANGES: Topic<PredictionChange> =
-    Topic::new("lookout.changes", 1, Partitioning::ByKey, "camera id");
+    Topic::new("lookout.changes", 1, Partitioning::ByKey, "camera id", CHANGES_RETENTION);
 
 /// Every service's log records, to the log shipper.
 pub const LOGS: Topic<LogRecord> =
-    Topic::new("lookout.logs", 3, Partitioning::ByKey, "service name");
+    Topic::new("lookout.logs", 3, Partitioning::ByKey, "service name", LOGS_RETENTION);
 
 /// Name of the dead-letter topic: messages that could not be decoded, with the original
 /// topic, partition, offset and the error in headers.
@@ -212,6 +273,7 @@ pub fn all() -> Vec<TopicSpec> {
             partitions: DLQ_PARTITIONS,
             message_type: String::new(),
             key: "the original key",
+            retention: Some(DLQ_RETENTION),
         },
     ]
 }
@@ -257,6 +319,20 @@ mod tests {
     fn keyed_topics_leave_the_partition_to_the_key_hash() {
         let p = Prediction { camera_id: "cam".into(), frame_sequence: 3, ..Default::default() };
         assert_eq!(PREDICTIONS.partition_for(&p, 3), None);
+    }
+
+    #[test]
+    fn frames_are_kept_shortest_and_changes_longest() {
+        let kept = |name: &str| all().into_iter().find(|t| t.name == name).unwrap().retention;
+        let ms = |name: &str| kept(name).unwrap().ms;
+        assert!(ms("lookout.frames") < ms("lookout.logs"));
+        assert!(ms("lookout.logs") < ms("lookout.predictions"));
+        assert!(ms("lookout.predictions") < ms("lookout.changes"));
+        for t in all() {
+            let r = t.retention.unwrap();
+            assert!(r.segment_ms < r.ms, "{}: segments close before retention acts", t.name);
+        }
+        assert_eq!(FRAMES_RETENTION.configs()[0], ("retention.ms", "3600000".to_owned()));
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl CommonArgs {
     }
 }
 
-/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+/// Parses `250ms`, `10s`, `2m`, `1h`, `7d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
@@ -84,7 +84,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        u => return Err(format!("unknown unit {u:?} in {s:?}: use ms, s, m or h")),
+        "d" => n * 86400.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?}: use ms, s, m, h or d")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -154,6 +155,7 @@ mod tests {
         for bad in ["", "M", "0", "12 parsecs", "-1"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert!(parse_duration("2 fortnights").is_err());
     }
 

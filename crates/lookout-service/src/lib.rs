@@ -1,7 +1,9 @@
 //! What every Lookout service shares: command-line and environment configuration
-//! ([`CommonArgs`]), logging with the service's logs shipped on the logs topic (unless
+//! ([`CommonArgs`], parsed by [`parse_args`]: empty variables count as unset, secret values
+//! stay out of `--help` and errors), logging with the service's logs shipped on the logs topic (unless
 //! `--no-ship-logs`), signal handling and shutdown ([`shutdown`]), and the admin HTTP server
-//! with `/livez`, `/readyz` and `/metrics` ([`admin`]).
+//! with `/livez`, `/readyz` and `/metrics` ([`admin`]), and credentials masked in URLs and
+//! text that show them ([`redact`]).
 //!
 //! A service's `main` stays thin:
 //!
@@ -17,6 +19,8 @@
 
 pub mod admin;
 mod args;
+pub mod cli;
+pub mod redact;
 pub mod shutdown;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
@@ -29,6 +33,7 @@ use tracing::{error, info, warn};
 
 pub use admin::Readiness;
 pub use args::{CommonArgs, parse_bytes, parse_duration};
+pub use cli::{SECRET_ENV, parse_args};
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -38,19 +43,6 @@ const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often [`Service::watch_kafka`] asks the brokers for metadata.
 const KAFKA_CHECK_EVERY: Duration = Duration::from_secs(5);
-
-/// Parses the command line (and `LOOKOUT_*` environment variables). `--help` and
-/// `--version` print and exit 0; a bad argument prints one clear message and exits 64.
-pub fn parse_args<T: clap::Parser>() -> T {
-    match T::try_parse() {
-        Ok(args) => args,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let _ = e.print();
-            std::process::exit(i32::from(EXIT_USAGE));
-        }
-    }
-}
 
 /// A running service's shared parts.
 #[derive(Debug, Clone)]

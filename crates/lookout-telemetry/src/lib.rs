@@ -2,8 +2,8 @@
 //!
 //! - [`init`] installs a `tracing` subscriber (human-readable or JSON lines on stderr, filtered by
 //!   `RUST_LOG`, default `info`), bridges the `log` records of librdkafka into it, and installs
-//!   a Prometheus metrics recorder whose text rendering the admin server serves on `/metrics`.
-//!   Tools use it.
+//!   a Prometheus metrics recorder whose text rendering the admin server serves on `/metrics`,
+//!   every histogram with buckets fit for what it measures ([`buckets`]). Tools use it.
 //! - [`init_with_shipping`] does the same and also publishes the service's events as
 //!   `LogRecord`s on the logs topic ([`log_layer`], [`ShipConfig`]), with their own level filter.
 //!   Every service gets it through `lookout_service::main`.
@@ -15,6 +15,7 @@
 //! crate and of the shipping thread stay on the console, so logs cannot feed on themselves.
 //! [`console_only`] keeps other code's events off the logs topic the same way.
 
+pub mod buckets;
 mod layer;
 pub mod metrics;
 mod ship;
@@ -65,6 +66,9 @@ pub enum TelemetryError {
     /// A subscriber or recorder was already installed in this process.
     #[error("telemetry is already initialised: {0}")]
     AlreadySet(String),
+    /// A histogram's buckets are not valid.
+    #[error("invalid histogram buckets: {0}")]
+    Buckets(String),
     /// The log shipping thread could not be started.
     #[error("cannot start log shipping: {0}")]
     Ship(#[source] std::io::Error),
@@ -155,9 +159,12 @@ fn install(format: LogFormat, ship: Option<ShipConfig>) -> Result<Telemetry, Tel
         .try_init()
         .map_err(|e| TelemetryError::AlreadySet(e.to_string()))?;
 
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let recorder = buckets::set(PrometheusBuilder::new())
+        .map_err(|e| TelemetryError::Buckets(e.to_string()))?
+        .build_recorder();
     let metrics = recorder.handle();
     ::metrics::set_global_recorder(recorder)
         .map_err(|e| TelemetryError::AlreadySet(e.to_string()))?;
+    metrics::describe();
     Ok(Telemetry { metrics, shipper })
 }

@@ -105,6 +105,7 @@ impl TestBus {
                     partitions,
                     message_type: String::new(),
                     key: "",
+                    retention: None,
                 };
                 lookout_bus::admin::ensure_topics(&bus, &[spec]).await.expect("topic created");
             }

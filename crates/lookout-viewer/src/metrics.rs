@@ -9,8 +9,9 @@ pub const PREDICTIONS_RECEIVED: &str = "lookout_viewer_predictions_received_tota
 pub const CHANGES_RECEIVED: &str = "lookout_viewer_changes_received_total";
 /// Clients connected now (`kind`: mjpeg, overlay, events).
 pub const CLIENTS: &str = "lookout_viewer_clients";
-/// Clients connected since start (`kind`).
-pub const CLIENTS_TOTAL: &str = "lookout_viewer_clients_total";
+/// Client connections accepted since start (`kind`). Not `…_clients_total`: that would share
+/// the family of the [`CLIENTS`] gauge.
+pub const CONNECTIONS: &str = "lookout_viewer_connections_total";
 /// Stream clients refused because `--max-clients` were connected.
 pub const CLIENTS_REJECTED: &str = "lookout_viewer_clients_rejected_total";
 /// MJPEG parts written to clients (`kind`).

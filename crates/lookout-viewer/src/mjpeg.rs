@@ -33,7 +33,7 @@ pub(crate) struct ClientGuard {
 
 impl ClientGuard {
     pub(crate) fn new(kind: &'static str, permit: OwnedSemaphorePermit) -> Self {
-        metrics::counter!(m::CLIENTS_TOTAL, "kind" => kind).increment(1);
+        metrics::counter!(m::CONNECTIONS, "kind" => kind).increment(1);
         metrics::gauge!(m::CLIENTS, "kind" => kind).increment(1.0);
         Self { kind, _permit: permit }
     }

@@ -121,3 +121,25 @@ async fn healthcheck_follows_readiness() {
     assert!(check().status.success());
     shutdown.cancel();
 }
+
+#[test]
+fn topics_check_says_when_the_brokers_cannot_describe_topic_configs() {
+    let mut broker = lookout();
+    broker.args(["broker", "--listen", "127.0.0.1:0"]);
+    let (_broker, lines) = spawn_lines(broker);
+    let first = lines.recv_timeout(EVENT_TIMEOUT).expect("broker prints its address");
+    let addr = first.strip_prefix("listening on ").unwrap().to_owned();
+
+    // --create finds the topics the broker made and leaves them alone.
+    let out = lookout().args(["topics", "--create", "--brokers", &addr]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("created"), "{text}");
+    assert!(text.contains("--check"), "says how to compare existing topics: {text}");
+
+    // The embedded broker has no DescribeConfigs: --check fails and says why.
+    let out = lookout().args(["topics", "--check", "--brokers", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DescribeConfigs"), "{err}");
+}

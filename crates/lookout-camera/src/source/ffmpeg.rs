@@ -14,6 +14,12 @@
 //! rate; `--no-pace` drops it. A network stream that ends or stalls is reconnected with a
 //! backoff of 0.5 s doubling to 30 s; a file that ends ends the source (or starts again with
 //! `--loop`).
+//!
+//! A stream URL with credentials (`rtsp://user:password@…`, `?token=…`) is not put on ffmpeg's
+//! command line, which every user of the machine can read (`ps`, `/proc/PID/cmdline`): ffmpeg
+//! reads it from its standard input, as a one-entry concat list (`-f concat -i pipe:0`) that
+//! carries the stream's options too. ffmpeg's error output, which may repeat the URL, is
+//! logged and kept with the credentials masked.
 
 use std::{
     collections::VecDeque,
@@ -24,7 +30,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     process::{Child, ChildStdout, Command},
     task::JoinHandle,
 };
@@ -44,8 +50,8 @@ const STDERR_LINES: usize = 8;
 /// Bytes read from ffmpeg at a time.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// What ffmpeg reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What ffmpeg reads. Debug-prints a stream URL with its credentials masked.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Input {
     /// A file, paced at its own rate unless `paced` is false, looping if asked.
     File { path: PathBuf, paced: bool, looped: bool },
@@ -53,14 +59,40 @@ pub(crate) enum Input {
     Stream { url: String },
 }
 
-impl Input {
-    fn name(&self) -> String {
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::File { path, .. } => path.display().to_string(),
-            Self::Stream { url } => url.clone(),
+            Self::File { path, paced, looped } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("paced", paced)
+                .field("looped", looped)
+                .finish(),
+            Self::Stream { .. } => f.debug_struct("Stream").field("url", &self.name()).finish(),
         }
     }
 }
+
+impl Input {
+    /// The input as logs and errors show it: a stream URL with its credentials masked.
+    fn name(&self) -> String {
+        match self {
+            Self::File { path, .. } => path.display().to_string(),
+            Self::Stream { url } => lookout_service::redact::url(url),
+        }
+    }
+
+    /// The credentials of a stream URL, to mask in ffmpeg's error output.
+    fn secrets(&self) -> Vec<String> {
+        match self {
+            Self::File { .. } => Vec::new(),
+            Self::Stream { url } => lookout_service::redact::secrets_of(url),
+        }
+    }
+}
+
+/// Protocols ffmpeg may open for a stream read through a concat list.
+const STREAM_PROTOCOLS: &str = "pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,http,https,httpproxy,crypto";
 
 /// How ffmpeg is run.
 #[derive(Debug, Clone)]
@@ -73,6 +105,20 @@ pub(crate) struct FfmpegConfig {
 }
 
 impl FfmpegConfig {
+    /// What ffmpeg reads on its standard input: for a stream URL with credentials, a concat
+    /// list with the URL and the stream's options; otherwise nothing (the URL is an argument).
+    pub(crate) fn stdin_script(&self) -> Option<String> {
+        let Input::Stream { url } = &self.input else { return None };
+        if self.input.secrets().is_empty() {
+            return None;
+        }
+        let mut script = format!("ffconcat version 1.0\nfile '{}'\n", url.replace('\'', "'\\''"));
+        for pair in stream_options(url).chunks(2) {
+            script.push_str(&format!("option {} {}\n", pair[0].trim_start_matches('-'), pair[1]));
+        }
+        Some(script)
+    }
+
     /// The command-line arguments for ffmpeg.
     pub(crate) fn args(&self, ctx: &SourceContext) -> Vec<String> {
         let mut a: Vec<String> =
@@ -88,20 +134,16 @@ impl FfmpegConfig {
                 a.extend(["-i".into(), path.to_string_lossy().into_owned()]);
             }
             Input::Stream { url } => {
-                let timeout_us = STALL_TIMEOUT.as_micros().to_string();
-                if url.starts_with("rtsp") {
-                    // TCP: no lost packets (smeared frames) and it passes NAT; `-timeout` ends
-                    // a silent connection so it can be retried.
-                    a.extend([
-                        "-rtsp_transport".into(),
-                        "tcp".into(),
-                        "-timeout".into(),
-                        timeout_us,
-                    ]);
+                if self.stdin_script().is_some() {
+                    // The URL and its options come on standard input (see the module doc).
+                    a.extend(
+                        ["-f", "concat", "-safe", "0", "-protocol_whitelist"].map(String::from),
+                    );
+                    a.extend([STREAM_PROTOCOLS.into(), "-i".into(), "pipe:0".into()]);
                 } else {
-                    a.extend(["-rw_timeout".into(), timeout_us]);
+                    a.extend(stream_options(url));
+                    a.extend(["-i".into(), url.clone()]);
                 }
-                a.extend(["-i".into(), url.clone()]);
             }
         }
         a.push("-an".into());
@@ -124,6 +166,18 @@ impl FfmpegConfig {
         a.push(ctx.jpeg.ffmpeg_qscale().to_string());
         a.extend(["-flush_packets", "1", "-"].map(String::from));
         a
+    }
+}
+
+/// ffmpeg's options for a stream: RTSP over TCP (no lost packets, so no smeared frames, and it
+/// passes NAT) and, for every protocol, a timeout that ends a silent connection so it can be
+/// retried.
+fn stream_options(url: &str) -> Vec<String> {
+    let timeout_us = STALL_TIMEOUT.as_micros().to_string();
+    if url.starts_with("rtsp") {
+        vec!["-rtsp_transport".into(), "tcp".into(), "-timeout".into(), timeout_us]
+    } else {
+        vec!["-rw_timeout".into(), timeout_us]
     }
 }
 
@@ -159,9 +213,10 @@ impl Ffmpeg {
 
     fn spawn(&self) -> Result<Running, CameraError> {
         let args = self.config.args(&self.ctx);
+        let script = self.config.stdin_script();
         let mut child = Command::new(&self.config.program)
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(if script.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -171,11 +226,22 @@ impl Ffmpeg {
                 program: self.config.program.display().to_string(),
                 source,
             })?;
+        if let Some(script) = script {
+            // A few hundred bytes: the pipe takes them at once, and closing it ends the list.
+            let mut stdin = child.stdin.take().ok_or_else(|| self.worker("ffmpeg input"))?;
+            tokio::spawn(async move {
+                let _ = stdin.write_all(script.as_bytes()).await;
+            });
+        }
         let stdout = child.stdout.take().ok_or_else(|| self.worker("ffmpeg output"))?;
         let stderr_pipe = child.stderr.take().ok_or_else(|| self.worker("ffmpeg error output"))?;
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
-        let stderr_task =
-            tokio::spawn(keep_stderr(self.ctx.camera.clone(), stderr_pipe, Arc::clone(&stderr)));
+        let stderr_task = tokio::spawn(keep_stderr(
+            self.ctx.camera.clone(),
+            stderr_pipe,
+            self.config.input.secrets(),
+            Arc::clone(&stderr),
+        ));
         info!(camera_id = %self.ctx.camera, input = %self.config.input.name(), program = %self.config.program.display(), "ffmpeg started");
         Ok(Running { child, stdout, splitter: Splitter::default(), stderr, stderr_task, frames: 0 })
     }
@@ -285,15 +351,16 @@ fn describe(status: Option<ExitStatus>) -> String {
     }
 }
 
-/// Logs ffmpeg's error output and keeps its last lines.
+/// Logs ffmpeg's error output and keeps its last lines, with `secrets` masked.
 async fn keep_stderr(
     camera: String,
     pipe: tokio::process::ChildStderr,
+    secrets: Vec<String>,
     keep: Arc<Mutex<VecDeque<String>>>,
 ) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let line = line.trim().to_owned();
+        let line = lookout_service::redact::mask(line.trim(), &secrets);
         if line.is_empty() {
             continue;
         }
@@ -346,6 +413,27 @@ mod tests {
             ),
             "{a}"
         );
+    }
+
+    #[test]
+    fn credentials_go_to_standard_input_not_the_command_line() {
+        let url = "rtsp://admin:hunter2@cam/s";
+        let config = FfmpegConfig {
+            program: "ffmpeg".into(),
+            input: Input::Stream { url: url.into() },
+            fps: None,
+        };
+        let a = config.args(&ctx(None, None)).join(" ");
+        assert!(!a.contains("hunter2"), "{a}");
+        assert!(a.contains("-f concat -safe 0 -protocol_whitelist"), "{a}");
+        assert!(a.contains("-i pipe:0"), "{a}");
+        let script = config.stdin_script().unwrap();
+        assert_eq!(
+            script,
+            "ffconcat version 1.0\nfile 'rtsp://admin:hunter2@cam/s'\n\
+             option rtsp_transport tcp\noption timeout 15000000\n"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

