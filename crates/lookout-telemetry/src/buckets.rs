@@ -17,14 +17,17 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// One step of work on one frame or batch: decoding, inference, drawing, a database commit.
 pub const STEP_SECONDS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04,
+    0.05, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// A frame's way from its capture through Kafka to a service: milliseconds on a quiet
 /// pipeline, seconds when a consumer lags, up to the recorder's reorder window (15 s with
 /// predictor replicas) and beyond.
-pub const PIPELINE_SECONDS: &[f64] =
-    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0];
+pub const PIPELINE_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
 
 /// JPEG frames: a few KiB (a small synthetic frame) to several MiB (4K at high quality).
 pub const JPEG_BYTES: &[f64] = &[
