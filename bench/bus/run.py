@@ -35,7 +35,10 @@ SIZES = {100: (50_000, 4), 51_200: (400, 5)}
 
 # (operation, Lookout's implementation, confluent-kafka's, the row's label)
 ROWS = [
-    ("produce", "lookout-rust", "python-confluent", "produce"),
+    ("produce", "lookout-rust", "python-confluent",
+     "produce, an acknowledgement per message: `enqueue` + `Pending::wait` / `produce()`"),
+    ("produce", "lookout-rust-batched", "python-confluent",
+     "produce, acknowledged as a batch: `Publisher::batch` / `produce()`"),
     ("consume", "lookout-rust", "python-confluent-poll",
      "consume, one at a time: `Subscriber::run` / `poll()`"),
     ("consume", "lookout-rust-batched", "python-confluent-consume",

@@ -6,7 +6,6 @@ use std::time::Duration;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::FutureRecord,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -130,14 +129,17 @@ impl DeadLetters {
         if keep < original {
             hs = hs.insert(Header { key: headers::DLQ_TRUNCATED, value: Some(&original_text) });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(hs);
-        if let Some(key) = &message.key {
-            record = record.key(key);
-        }
-        if let Some(payload) = &message.payload {
-            record = record.payload(&payload[..keep]);
-        }
-        self.bus.producer().send(record, QUEUE_TIMEOUT).await.map(|_| ()).map_err(|(e, _)| e)
+        let payload = message.payload.as_ref().map(|p| &p[..keep]);
+        crate::producer::send_one(
+            self.bus.producer(),
+            &self.topic,
+            message.key.as_deref(),
+            payload,
+            hs,
+            QUEUE_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
     }
 }
 

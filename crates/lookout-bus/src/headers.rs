@@ -18,6 +18,9 @@ pub const CONTENT_TYPE: &str = "content-type";
 /// W3C trace context: `00-<trace id>-<span id>-<flags>`.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// What Lookout's `content-type` values start with, before the full type name.
+pub const PROTOBUF_PREFIX: &str = "application/x-protobuf; messageType=";
+
 /// Dead-letter headers: where the message came from and why it was dead-lettered.
 pub const DLQ_TOPIC: &str = "dlq-original-topic";
 /// Original partition, decimal.
@@ -78,17 +81,59 @@ pub fn parse_content_type(value: &str) -> ContentType<'_> {
 }
 
 /// A record's headers in their order, keys as text and values as bytes, all in one buffer.
+/// Cheap to clone: the bytes are shared, and up to [`INLINE_HEADERS`] headers are described
+/// without an allocation.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     buf: Bytes,
-    spans: Vec<Span>,
+    spans: Spans,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many headers [`Headers`] describes without allocating.
+pub const INLINE_HEADERS: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Span {
     key: (u32, u32),
     /// `None` for a header without a value.
     value: Option<(u32, u32)>,
+}
+
+/// The spans of the headers: inline up to [`INLINE_HEADERS`], then on the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spans {
+    Inline(u8, [Span; INLINE_HEADERS]),
+    Heap(Vec<Span>),
+}
+
+impl Default for Spans {
+    fn default() -> Self {
+        Self::Inline(0, [Span::default(); INLINE_HEADERS])
+    }
+}
+
+impl Spans {
+    fn as_slice(&self) -> &[Span] {
+        match self {
+            Self::Inline(n, spans) => &spans[..usize::from(*n)],
+            Self::Heap(spans) => spans,
+        }
+    }
+
+    fn push(&mut self, span: Span) {
+        match self {
+            Self::Inline(n, spans) if usize::from(*n) < INLINE_HEADERS => {
+                spans[usize::from(*n)] = span;
+                *n += 1;
+            }
+            Self::Inline(_, spans) => {
+                let mut heap = spans.to_vec();
+                heap.push(span);
+                *self = Self::Heap(heap);
+            }
+            Self::Heap(spans) => spans.push(span),
+        }
+    }
 }
 
 impl std::fmt::Debug for Headers {
@@ -107,37 +152,41 @@ impl Headers {
 
     /// These headers plus one more (a builder, for raw publishing and tests).
     pub fn with(self, key: &str, value: impl AsRef<[u8]>) -> Self {
-        let mut b = HeadersBuilder::with_capacity(self.buf.len() + key.len() + 64);
+        let mut buf = BytesMut::with_capacity(self.buf.len() + key.len() + 64);
+        let mut b = HeadersBuilder::default();
         for (k, v) in self.iter() {
-            b.push(k, v);
+            b.push(&mut buf, k.as_bytes(), v);
         }
-        b.push(key, Some(value.as_ref()));
-        b.finish()
+        b.push(&mut buf, key.as_bytes(), Some(value.as_ref()));
+        b.finish(buf.freeze())
     }
 
     /// Number of headers.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.spans.as_slice().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len() == 0
     }
 
-    /// Every header in order: (key, value).
+    /// Every header in order: (key, value). A key that is not UTF-8 reads as empty.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        self.spans.iter().map(|s| {
-            let key = std::str::from_utf8(&self.buf[s.key.0 as usize..s.key.1 as usize])
-                .unwrap_or_default();
-            let value = s.value.map(|(a, b)| &self.buf[a as usize..b as usize]);
-            (key, value)
+        self.spans.as_slice().iter().map(|s| {
+            let key = std::str::from_utf8(self.key_bytes(s)).unwrap_or_default();
+            (key, s.value.map(|(a, b)| &self.buf[a as usize..b as usize]))
         })
+    }
+
+    fn key_bytes(&self, s: &Span) -> &[u8] {
+        &self.buf[s.key.0 as usize..s.key.1 as usize]
     }
 
     /// The value of the first header named `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v)
+        let span = self.spans.as_slice().iter().find(|s| self.key_bytes(s) == key.as_bytes())?;
+        span.value.map(|(a, b)| &self.buf[a as usize..b as usize])
     }
 
     /// The value of the first header named `key`, when it is UTF-8.
@@ -163,31 +212,28 @@ impl Headers {
     }
 }
 
-/// Builds [`Headers`] into one buffer.
-#[derive(Debug)]
+/// Builds [`Headers`] whose bytes live in a buffer shared with other data (a record's key and
+/// payload): push each header's bytes into the buffer, then freeze it and finish.
+#[derive(Debug, Default)]
 pub(crate) struct HeadersBuilder {
-    buf: BytesMut,
-    spans: Vec<Span>,
+    spans: Spans,
 }
 
 impl HeadersBuilder {
-    pub(crate) fn with_capacity(bytes: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(bytes), spans: Vec::new() }
-    }
-
-    pub(crate) fn push(&mut self, key: &str, value: Option<&[u8]>) {
-        let k0 = self.buf.len() as u32;
-        self.buf.extend_from_slice(key.as_bytes());
-        let k1 = self.buf.len() as u32;
+    pub(crate) fn push(&mut self, buf: &mut BytesMut, key: &[u8], value: Option<&[u8]>) {
+        let k0 = buf.len() as u32;
+        buf.extend_from_slice(key);
+        let k1 = buf.len() as u32;
         let value = value.map(|v| {
-            self.buf.extend_from_slice(v);
-            (k1, self.buf.len() as u32)
+            buf.extend_from_slice(v);
+            (k1, buf.len() as u32)
         });
         self.spans.push(Span { key: (k0, k1), value });
     }
 
-    pub(crate) fn finish(self) -> Headers {
-        Headers { buf: self.buf.freeze(), spans: self.spans }
+    /// The headers, over `buf` (the frozen buffer the pushes wrote into).
+    pub(crate) fn finish(self, buf: Bytes) -> Headers {
+        Headers { buf, spans: self.spans }
     }
 }
 

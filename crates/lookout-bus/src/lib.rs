@@ -48,6 +48,7 @@ pub mod headers;
 mod live;
 mod message;
 pub mod metrics;
+mod producer;
 mod publisher;
 mod reader;
 
@@ -58,10 +59,7 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::{
-    ClientConfig,
-    producer::{FutureProducer, Producer as _},
-};
+use rdkafka::{ClientConfig, config::FromClientConfigAndContext as _, producer::Producer as _};
 
 pub use backoff::Backoff;
 pub use config::{BusConfig, Compression, KafkaOpt, default_instance};
@@ -74,7 +72,7 @@ pub use headers::{Headers, TraceContext};
 pub use live::LiveSubscription;
 pub use lookout_proto::{BusMessage, Topic, topics};
 pub use message::{Incoming, MessageMeta, RawMessage};
-pub use publisher::{Delivered, Pending, Publisher};
+pub use publisher::{Batch, Delivered, Pending, Publisher};
 pub use reader::{Fetcher, PartitionStart, Reader, ReaderBuilder, Start};
 
 /// librdkafka's default `message.max.bytes`.
@@ -88,7 +86,7 @@ pub struct Bus {
 
 struct Inner {
     config: BusConfig,
-    producer: FutureProducer,
+    producer: producer::Producer,
     max_message_bytes: usize,
     partition_counts: Mutex<HashMap<String, i32>>,
 }
@@ -111,7 +109,9 @@ impl Bus {
             .opt_or("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
             .parse()
             .map_err(|_| BusError::BadOption("message.max.bytes=<not a number>".into()))?;
-        let producer: FutureProducer = producer_config.create().map_err(BusError::Config)?;
+        let producer =
+            producer::Producer::from_config_and_context(&producer_config, producer::Acks)
+                .map_err(BusError::Config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -188,20 +188,9 @@ impl Bus {
         for (key, value) in headers.iter() {
             hs = hs.insert(Header { key, value });
         }
-        let mut record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
-            rdkafka::producer::FutureRecord::to(topic).headers(hs);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        self.inner
-            .producer
-            .send(record, Duration::from_secs(30))
+        producer::send_one(self.producer(), topic, key, payload, hs, Duration::from_secs(30))
             .await
-            .map(|d| (d.partition, d.offset))
-            .map_err(|(source, _)| BusError::Delivery { topic: topic.to_owned(), source })
+            .map_err(|source| BusError::Delivery { topic: topic.to_owned(), source })
     }
 
     /// Waits until every message handed to the producer has been delivered or failed.
@@ -222,7 +211,7 @@ impl Bus {
         self.inner.config.client_config(base)
     }
 
-    pub(crate) fn producer(&self) -> &FutureProducer {
+    pub(crate) fn producer(&self) -> &producer::Producer {
         &self.inner.producer
     }
 

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use lookout_proto::BusMessage;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 
-use crate::headers::{ContentType, Headers, HeadersBuilder, TraceContext};
+use crate::headers::{self, ContentType, Headers, HeadersBuilder, TraceContext};
 
 /// A Kafka record as read: bytes and headers, not decoded. Cheap to clone (the bytes are
 /// shared).
@@ -30,38 +30,37 @@ pub struct RawMessage {
 }
 
 impl RawMessage {
-    /// Copies a record out of librdkafka: key, headers and payload into one allocation.
+    /// Copies a record out of librdkafka: key, payload and headers into one allocation.
     pub(crate) fn copy_from(m: &BorrowedMessage<'_>, topic: &Arc<str>) -> Self {
         let key = m.key();
         let payload = m.payload();
-        let headers = m.headers();
-        let header_bytes: usize = headers
-            .map(|hs| hs.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum())
-            .unwrap_or(0);
         let key_len = key.map_or(0, <[u8]>::len);
         let payload_len = payload.map_or(0, <[u8]>::len);
-        let mut buf = BytesMut::with_capacity(key_len + payload_len);
+        let headers = m.headers();
+        // Lookout's records carry two headers of about 110 bytes: room for them up front.
+        let room = headers.map_or(0, |h| h.count() * 64);
+        let mut buf = BytesMut::with_capacity(key_len + payload_len + room);
         if let Some(k) = key {
             buf.extend_from_slice(k);
         }
         if let Some(p) = payload {
             buf.extend_from_slice(p);
         }
-        let buf = buf.freeze();
-        let mut hb = HeadersBuilder::with_capacity(header_bytes);
+        let mut hb = HeadersBuilder::default();
         if let Some(hs) = headers {
             for h in hs.iter() {
-                hb.push(h.key, h.value);
+                hb.push(&mut buf, h.key.as_bytes(), h.value);
             }
         }
+        let buf = buf.freeze();
         Self {
             topic: topic.clone(),
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key: key.map(|_| buf.slice(..key_len)),
-            payload: payload.map(|_| buf.slice(key_len..)),
-            headers: hb.finish(),
+            payload: payload.map(|_| buf.slice(key_len..key_len + payload_len)),
+            headers: hb.finish(buf),
         }
     }
 
@@ -101,24 +100,46 @@ impl RawMessage {
     /// without the header is taken to be the topic's type. The reason is for the dead-letter
     /// topic.
     pub fn decode<M: BusMessage>(&self) -> Result<Incoming<M>, String> {
-        let expected = M::full_name();
-        match self.headers.content_type() {
-            None | Some(ContentType::Protobuf(None)) => {}
-            Some(ContentType::Protobuf(Some(named))) if named == expected => {}
-            Some(ContentType::Protobuf(Some(named))) => {
-                return Err(format!("content-type names {named} where {expected} was expected"));
-            }
-            Some(ContentType::Other(other)) => {
-                return Err(format!("content-type {other} where protobuf {expected} was expected"));
-            }
+        if let Some(value) = self.headers.get(headers::CONTENT_TYPE) {
+            check_content_type::<M>(value)?;
         }
         let Some(payload) = &self.payload else {
             return Err("no payload (a tombstone)".into());
         };
-        let message =
-            M::decode(payload.clone()).map_err(|e| format!("cannot decode {expected}: {e}"))?;
+        let message = M::decode(payload.clone())
+            .map_err(|e| format!("cannot decode {}: {e}", M::full_name()))?;
         Ok(Incoming { message, meta: self.meta() })
     }
+}
+
+/// Whether a `content-type` header value says the payload is an `M`: the form Lookout
+/// publishes is checked without parsing or allocating, the others are parsed.
+fn check_content_type<M: BusMessage>(value: &[u8]) -> Result<(), String> {
+    if let Some(named) = value.strip_prefix(headers::PROTOBUF_PREFIX.as_bytes())
+        && is_full_name::<M>(named)
+    {
+        return Ok(());
+    }
+    let value = std::str::from_utf8(value).map_err(|_| "content-type is not UTF-8".to_owned())?;
+    match headers::parse_content_type(value) {
+        ContentType::Protobuf(None) => Ok(()),
+        ContentType::Protobuf(Some(named)) if is_full_name::<M>(named.as_bytes()) => Ok(()),
+        ContentType::Protobuf(Some(named)) => {
+            Err(format!("content-type names {named} where {} was expected", M::full_name()))
+        }
+        ContentType::Other(other) => {
+            Err(format!("content-type {other} where protobuf {} was expected", M::full_name()))
+        }
+    }
+}
+
+/// Whether `name` is `M`'s full protobuf name (`package.Name`), without building it.
+fn is_full_name<M: BusMessage>(name: &[u8]) -> bool {
+    let (package, short) = (M::PACKAGE.as_bytes(), M::NAME.as_bytes());
+    name.len() == package.len() + 1 + short.len()
+        && name.starts_with(package)
+        && name[package.len()] == b'.'
+        && name.ends_with(short)
 }
 
 /// Where a message came from and its headers.
@@ -157,4 +178,40 @@ pub struct Incoming<M> {
     pub message: M,
     /// Topic, partition, offset and headers.
     pub meta: MessageMeta,
+}
+
+#[cfg(test)]
+mod tests {
+    use lookout_proto::v1::{Frame, Prediction};
+
+    use super::*;
+
+    #[test]
+    fn content_types_are_checked_without_building_names() {
+        assert!(is_full_name::<Frame>(b"lookout.v1.Frame"));
+        assert!(!is_full_name::<Frame>(b"lookout.v1.Frames"));
+        assert!(!is_full_name::<Frame>(b"lookout.v2.Frame"));
+        assert!(!is_full_name::<Prediction>(b"lookout.v1.Frame"));
+        let ours = lookout_proto::topics::FRAMES.content_type();
+        assert!(ours.starts_with(headers::PROTOBUF_PREFIX), "{ours}");
+        assert_eq!(check_content_type::<Frame>(ours.as_bytes()), Ok(()));
+        assert_eq!(check_content_type::<Frame>(b"lookout.v1.Frame"), Ok(()));
+        assert!(
+            check_content_type::<Prediction>(ours.as_bytes())
+                .unwrap_err()
+                .contains("names lookout.v1.Frame")
+        );
+        assert!(check_content_type::<Frame>(b"application/json").is_err());
+    }
+
+    #[test]
+    fn more_headers_than_fit_inline_are_kept() {
+        let mut h = Headers::new();
+        for i in 0..10 {
+            h = h.with(&format!("k{i}"), i.to_string());
+        }
+        assert_eq!(h.len(), 10);
+        assert_eq!(h.get_str("k9"), Some("9"));
+        assert_eq!(h.clone(), h);
+    }
 }

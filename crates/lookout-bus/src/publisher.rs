@@ -10,17 +10,18 @@ use std::{
 
 use lookout_proto::{BusMessage, Topic};
 use rdkafka::{
-    error::{KafkaError, RDKafkaErrorCode},
+    error::KafkaError,
     message::{Header, OwnedHeaders},
-    producer::{DeliveryFuture, FutureRecord},
+    producer::BaseRecord,
 };
 
-use crate::{Bus, BusError, TraceContext, headers, metrics as m};
+use crate::{
+    Bus, BusError, TraceContext, headers, metrics as m,
+    producer::{Ack, QUEUE_FULL_BACKOFF, queue_full},
+};
 
 /// How long `send` and `enqueue` wait for room in a full producer queue before failing.
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between attempts while the producer queue is full.
-const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 
 thread_local! {
     /// Where messages are encoded: librdkafka copies the bytes, so one buffer per thread
@@ -58,18 +59,14 @@ impl Pending {
     /// Waits for the brokers' acknowledgement.
     pub async fn wait(self) -> Result<Delivered, BusError> {
         let outcome = match self.delivery {
-            Delivery::Queued(future) => match future.await {
-                Ok(Ok(d)) => Ok(d),
-                Ok(Err((source, _message))) => Err(source),
-                Err(_cancelled) => Err(KafkaError::Canceled),
-            },
+            Delivery::Queued(ack) => ack.wait_one().await,
             Delivery::Refused(source) => Err(source),
         };
         match outcome {
-            Ok(d) => {
+            Ok((partition, offset)) => {
                 self.shared.messages.increment(1);
                 self.shared.bytes.increment(self.bytes as u64);
-                Ok(Delivered { partition: d.partition, offset: d.offset, trace: self.trace })
+                Ok(Delivered { partition, offset, trace: self.trace })
             }
             Err(source) => {
                 self.shared.count_error("delivery");
@@ -161,7 +158,7 @@ impl<M: BusMessage> Publisher<M> {
         let partition = self.partition(message).await?;
         let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
         loop {
-            match self.try_send(message, partition, trace) {
+            match self.try_send(message, partition, trace, Ack::one()) {
                 Ok(p) => return Ok(p),
                 Err(Attempt::Refused(e)) => return Err(e),
                 Err(Attempt::Full) if started.elapsed() < self.queue_timeout => {
@@ -187,7 +184,7 @@ impl<M: BusMessage> Publisher<M> {
     ) -> Result<Pending, BusError> {
         let partition = self.partition(message).await?;
         let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
-        self.try_send(message, partition, trace).map_err(|a| match a {
+        self.try_send(message, partition, trace, Ack::one()).map_err(|a| match a {
             Attempt::Refused(e) => e,
             Attempt::Full => {
                 self.shared.count_error("queue_full");
@@ -211,12 +208,20 @@ impl<M: BusMessage> Publisher<M> {
         }
     }
 
-    /// Encodes the message and hands it to librdkafka (which copies the bytes).
+    /// Starts a batch: messages enqueued on it are acknowledged together, with no allocation
+    /// and no wake-up per message (for bulk publishing: a backlog, a replay, an outbox).
+    pub fn batch(&self) -> Batch<'_, M> {
+        Batch { publisher: self, ack: Ack::batch(), bytes: 0, enqueued: 0 }
+    }
+
+    /// Encodes the message and hands it to librdkafka (which copies the bytes); its delivery
+    /// report completes `ack`.
     fn try_send(
         &self,
         message: &M,
         partition: Option<i32>,
         trace: TraceContext,
+        ack: Arc<Ack>,
     ) -> Result<Pending, Attempt> {
         ENCODE_BUFFER.with_borrow_mut(|buf| {
             buf.clear();
@@ -237,7 +242,7 @@ impl<M: BusMessage> Publisher<M> {
                     value: Some(self.shared.content_type.as_str()),
                 })
                 .insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent[..]) });
-            let mut record = FutureRecord::to(&self.shared.name)
+            let mut record = BaseRecord::with_opaque_to(&self.shared.name, ack.clone())
                 .key(message.key())
                 .payload(buf.as_slice())
                 .headers(headers);
@@ -245,24 +250,29 @@ impl<M: BusMessage> Publisher<M> {
                 record = record.partition(partition);
             }
             let bytes = buf.len();
-            match self.bus.producer().send_result(record) {
-                Ok(delivery) => Ok(Pending {
+            ack.expect_one_more();
+            match self.bus.producer().send(record) {
+                Ok(()) => Ok(Pending {
                     shared: self.shared.clone(),
                     bytes,
                     trace,
-                    delivery: Delivery::Queued(delivery),
+                    delivery: Delivery::Queued(ack),
                 }),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((e, _)) if queue_full(&e) => {
+                    ack.expect_one_less();
                     Err(Attempt::Full)
                 }
                 // Refused outright (unknown partition, bad config…): reported when the caller
                 // waits for it, like any delivery failure.
-                Err((source, _)) => Ok(Pending {
-                    shared: self.shared.clone(),
-                    bytes: 0,
-                    trace,
-                    delivery: Delivery::Refused(source),
-                }),
+                Err((source, _)) => {
+                    ack.expect_one_less();
+                    Ok(Pending {
+                        shared: self.shared.clone(),
+                        bytes: 0,
+                        trace,
+                        delivery: Delivery::Refused(source),
+                    })
+                }
             }
         })
     }
@@ -276,6 +286,89 @@ enum Attempt {
 }
 
 enum Delivery {
-    Queued(DeliveryFuture),
+    Queued(Arc<Ack>),
     Refused(KafkaError),
+}
+
+/// Messages of one publisher acknowledged together; from [`Publisher::batch`].
+#[must_use = "a batch's deliveries should be awaited with Batch::wait"]
+pub struct Batch<'a, M> {
+    publisher: &'a Publisher<M>,
+    ack: Arc<Ack>,
+    bytes: usize,
+    enqueued: usize,
+}
+
+impl<M> std::fmt::Debug for Batch<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("topic", &self.publisher.shared.name)
+            .field("enqueued", &self.enqueued)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: BusMessage> Batch<'_, M> {
+    /// Hands a message to the producer, waiting while its queue is full, like
+    /// [`Publisher::enqueue`]; its acknowledgement is awaited with the batch's.
+    pub async fn enqueue(
+        &mut self,
+        message: &M,
+        parent: Option<&TraceContext>,
+    ) -> Result<(), BusError> {
+        let p = self.publisher;
+        let started = Instant::now();
+        let partition = p.partition(message).await?;
+        let trace = parent.map_or_else(TraceContext::new_root, TraceContext::child);
+        loop {
+            match p.try_send(message, partition, trace, self.ack.clone()) {
+                Ok(Pending { delivery: Delivery::Refused(source), .. }) => {
+                    p.shared.count_error("delivery");
+                    return Err(BusError::Delivery { topic: p.shared.name.clone(), source });
+                }
+                Ok(pending) => {
+                    self.bytes += pending.bytes;
+                    self.enqueued += 1;
+                    return Ok(());
+                }
+                Err(Attempt::Refused(e)) => return Err(e),
+                Err(Attempt::Full) if started.elapsed() < p.queue_timeout => {
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err(Attempt::Full) => {
+                    p.shared.count_error("queue_full");
+                    return Err(BusError::QueueFull {
+                        topic: p.shared.name.clone(),
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// How many messages were enqueued.
+    pub fn len(&self) -> usize {
+        self.enqueued
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.enqueued == 0
+    }
+
+    /// Waits until every message of the batch was acknowledged; the first failure, if any.
+    pub async fn wait(self) -> Result<usize, BusError> {
+        let p = self.publisher;
+        match self.ack.wait_batch().await {
+            Ok(delivered) => {
+                p.shared.messages.increment(delivered as u64);
+                p.shared.bytes.increment(self.bytes as u64);
+                Ok(delivered)
+            }
+            Err(source) => {
+                p.shared.count_error("delivery");
+                Err(BusError::Delivery { topic: p.shared.name.clone(), source })
+            }
+        }
+    }
 }

@@ -158,7 +158,14 @@ where
         "starting",
     );
     let grace = args.shutdown_grace;
-    let svc = Service { name, args, shutdown: shutdown.clone(), readiness, admin_addr, telemetry };
+    let svc = Service {
+        name,
+        args,
+        shutdown: shutdown.clone(),
+        readiness: readiness.clone(),
+        admin_addr,
+        telemetry,
+    };
     let body = body(svc);
     tokio::pin!(body);
     let result = tokio::select! {
@@ -171,13 +178,24 @@ where
             }
         }
     };
+    let code = outcome(name, result, &readiness);
     shutdown.cancel();
+    code
+}
+
+/// The readiness check that a failed service turns red before it exits.
+pub const RUNNING_CHECK: &str = "running";
+
+/// The exit code for the body's result. A failure (a handler that panicked, a fatal error)
+/// turns readiness red at once, so probes see it before the process is gone.
+fn outcome(name: &str, result: anyhow::Result<()>, readiness: &Readiness) -> ExitCode {
     match result {
         Ok(()) => {
             info!(service = name, "stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
+            readiness.set(RUNNING_CHECK, false);
             error!(service = name, error = format!("{e:#}"), "failed");
             ExitCode::FAILURE
         }
@@ -192,5 +210,25 @@ async fn watch_kafka(bus: Bus, readiness: Readiness, every: Duration, shutdown: 
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_body_turns_readiness_red_and_exits_non_zero() {
+        let readiness = Readiness::default();
+        readiness.set("kafka", true);
+        assert_eq!(outcome("x", Ok(()), &readiness), ExitCode::SUCCESS);
+        assert!(readiness.status().0);
+        let panicked = lookout_bus::BusError::HandlerPanicked {
+            topic: "t".into(),
+            partition: 0,
+            message: "a bug".into(),
+        };
+        assert_eq!(outcome("x", Err(panicked.into()), &readiness), ExitCode::FAILURE);
+        assert_eq!(readiness.status(), (false, vec![RUNNING_CHECK]));
     }
 }

@@ -12,7 +12,7 @@
 //! has already applied the frame rate (`--fps`), the size limit (`--max-width/--max-height`)
 //! and the quality, so each frame is encoded exactly once. `-re` paces a file at its own
 //! rate; `--no-pace` drops it. A network stream that ends or stalls is reconnected with a
-//! backoff of 0.5 s doubling to 30 s; a file that ends ends the source (or starts again with
+//! backoff of 0.5 s doubling to 30 s, with jitter (`lookout_bus::Backoff`); a file that ends ends the source (or starts again with
 //! `--loop`).
 //!
 //! A stream URL with credentials (`rtsp://user:password@…`, `?token=…`) is not put on ffmpeg's
@@ -198,15 +198,15 @@ pub(crate) struct Ffmpeg {
     ctx: SourceContext,
     config: FfmpegConfig,
     running: Option<Running>,
-    backoff: Duration,
+    backoff: lookout_bus::Backoff,
     buf: Vec<u8>,
 }
 
 impl Ffmpeg {
     /// Starts ffmpeg, so a missing program fails at start.
     pub(crate) fn open(ctx: SourceContext, config: FfmpegConfig) -> Result<Self, CameraError> {
-        let mut me =
-            Self { ctx, config, running: None, backoff: BACKOFF_MIN, buf: vec![0; READ_CHUNK] };
+        let backoff = lookout_bus::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut me = Self { ctx, config, running: None, backoff, buf: vec![0; READ_CHUNK] };
         me.running = Some(me.spawn()?);
         Ok(me)
     }
@@ -254,8 +254,7 @@ impl Ffmpeg {
         loop {
             let Some(run) = self.running.as_mut() else {
                 // Only network streams get here: wait, then reconnect.
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(self.backoff.next_delay()).await;
                 self.running = Some(self.spawn()?);
                 continue;
             };
@@ -264,7 +263,7 @@ impl Ffmpeg {
                 run.frames += 1;
                 match self.ctx.jpeg.from_jpeg(data) {
                     Ok(jpeg) => {
-                        self.backoff = BACKOFF_MIN;
+                        self.backoff.reset();
                         return Ok(Some(Captured::new(jpeg, mark)));
                     }
                     Err(e) => {
@@ -313,7 +312,7 @@ impl Ffmpeg {
                         }
                         Input::Stream { .. } => {
                             self.ctx.readiness.set("source", false);
-                            warn!(camera_id = %self.ctx.camera, input = %input, status = %describe(status), stderr = %stderr, frames, retry_in_ms = self.backoff.as_millis() as u64, "stream ended; reconnecting");
+                            warn!(camera_id = %self.ctx.camera, input = %input, status = %describe(status), stderr = %stderr, frames, attempt = self.backoff.attempts() + 1, "stream ended; reconnecting");
                         }
                     }
                 }
