@@ -12,7 +12,9 @@ use std::{
 
 use image::codecs::jpeg::JpegEncoder;
 use lookout_bus::{Bus, BusConfig, HandlerError, Incoming, embedded::EmbeddedBroker, topics};
-use lookout_predictor::{PredictorArgs, model::Model};
+use lookout_predictor::{FrameLimits, PredictorArgs, model::Model};
+
+const LIMITS: FrameLimits = FrameLimits { max_pixels: 40_000_000, max_aspect_ratio: 20.0 };
 use lookout_proto::v1::{Encoding, Frame, Prediction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -52,15 +54,15 @@ fn main() {
 
     // Per stage, single thread.
     for (name, (bytes, _, _)) in &images {
-        let _ = model.classify(bytes, 5, 40_000_000).expect("warm-up");
+        let _ = model.classify(bytes, 5, &LIMITS).expect("warm-up");
         let (mut d, mut p, mut i) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..iterations {
             let t0 = Instant::now();
-            let img = Model::decode(bytes, 40_000_000).expect("decode");
+            let img = Model::decode(bytes, &LIMITS).expect("decode");
             let t1 = Instant::now();
             let input = model.preprocess(&img);
             let t2 = Instant::now();
-            let scores = model.infer(input).expect("infer");
+            let scores = model.infer(&input).expect("infer");
             let t3 = Instant::now();
             std::hint::black_box(scores);
             d.push(t1 - t0);
@@ -79,7 +81,7 @@ fn main() {
     let started = Instant::now();
     for n in 0..pipeline_frames {
         let (_, (bytes, _, _)) = &images[n % images.len()];
-        std::hint::black_box(model.classify(bytes, 5, 40_000_000).expect("classify"));
+        std::hint::black_box(model.classify(bytes, 5, &LIMITS).expect("classify"));
     }
     let bare = pipeline_frames as f64 / started.elapsed().as_secs_f64();
     println!(r#"{{"impl":"tract","op":"bare_loop","frames":{pipeline_frames},"fps":{bare:.2}}}"#);
@@ -132,14 +134,8 @@ async fn pipeline(images: &[(&str, Jpeg)], n: usize) -> f64 {
         },
         shutdown.clone(),
     ));
-    let args = PredictorArgs {
-        model: repo("models/efficientnet-lite0/model.toml"),
-        top_k: 5,
-        max_frame_age: Duration::ZERO,
-        workers: 1,
-        max_pixels: 40_000_000,
-        group: "predictor".into(),
-    };
+    let mut args = PredictorArgs::for_model(repo("models/efficientnet-lite0/model.toml"));
+    args.max_frame_age = Duration::ZERO;
     tokio::spawn(lookout_predictor::run(
         args,
         Bus::new(config("bench-predictor")).unwrap(),
