@@ -92,11 +92,33 @@ fn tract_refuses_options_it_cannot_honour() {
 }
 
 #[test]
-fn a_batch_gives_the_scores_of_its_frames_one_by_one() {
+fn tract_labels_one_frame_per_run() {
     let options = EngineOptions { batch: 4, ..EngineOptions::new(BackendKind::Tract) };
-    let model = Model::load_with(&common::manifest(), &options).unwrap();
-    assert_eq!(model.max_batch(), 4, "EfficientNet-Lite0 takes a batch dimension");
-    common::assert_batch_matches_single(&model);
+    let err = Model::load_with(&common::manifest(), &options).unwrap_err();
+    assert!(err.to_string().contains("--batch"), "{err}");
+}
+
+#[test]
+fn the_manifest_chooses_the_backend_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = common::repo("models/efficientnet-lite0");
+    let manifest = fs::read_to_string(common::manifest())
+        .unwrap()
+        .replace("file = \"model.onnx\"", &format!("file = {:?}", real.join("model.onnx")))
+        .replace("labels = \"labels.txt\"", &format!("labels = {:?}", real.join("labels.txt")))
+        .replace("# backend = \"tract\"", "backend = \"onnxruntime\"");
+    fs::write(dir.path().join("model.toml"), manifest).unwrap();
+    let told = Model::load_with(dir.path(), &EngineOptions::new(BackendKind::Tract)).unwrap();
+    assert_eq!(told.backend(), BackendKind::Tract, "--backend wins over the manifest");
+    let mut options = EngineOptions::default();
+    if let Some(library) = std::env::var_os("ORT_DYLIB_PATH") {
+        options.onnxruntime_library = library.into();
+    }
+    let from_manifest = Model::load_with(dir.path(), &options);
+    #[cfg(feature = "onnxruntime")]
+    assert_eq!(from_manifest.unwrap().backend(), BackendKind::Onnxruntime);
+    #[cfg(not(feature = "onnxruntime"))]
+    assert!(from_manifest.unwrap_err().to_string().contains("--features onnxruntime"));
 }
 
 #[cfg(not(feature = "onnxruntime"))]

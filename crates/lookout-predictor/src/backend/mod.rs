@@ -69,7 +69,7 @@ pub struct EngineOptions {
     pub workers: usize,
     /// Threads one run may use (ONNX Runtime's intra-op threads; tract uses one).
     pub threads: usize,
-    /// Most images per run. 1 unless the model accepts a batch dimension.
+    /// Most images per run (ONNX Runtime, when the model takes a batch dimension).
     pub batch: usize,
     /// ONNX Runtime's execution provider.
     pub execution_provider: ExecutionProvider,
@@ -127,10 +127,11 @@ pub(crate) fn load(
     options: &EngineOptions,
 ) -> Result<Loaded, ModelError> {
     if backend == BackendKind::Tract {
-        if options.threads > 1 {
+        if options.threads > 1 || options.batch > 1 {
             return Err(ModelError::Options(
-                "--threads applies to the onnxruntime backend; tract runs each frame on one \
-                 thread (use --workers to label several frames at once)"
+                "--threads and --batch apply to the onnxruntime backend; tract runs each frame \
+                 on one thread, one frame per run (use --workers to label several frames at \
+                 once)"
                     .into(),
             ));
         }

@@ -155,7 +155,8 @@ fn open(bytes: &[u8], options: &EngineOptions) -> Result<Session, String> {
     let threads = options.threads.max(1);
     let mut builder = Session::builder()
         .map_err(|e| e.to_string())?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        // Every graph optimisation, as Python's onnxruntime does by default.
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())?
         .with_intra_threads(threads)
         .map_err(|e| e.to_string())?

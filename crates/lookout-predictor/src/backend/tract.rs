@@ -1,14 +1,13 @@
 //! tract: the graph is loaded, typed and optimised once; each worker keeps its own run state
-//! so a frame allocates no plan buffers. With `batch > 1` a second plan is optimised with a
-//! symbolic batch dimension, used for runs of several frames; a graph that does not allow one
-//! (a reshape to a fixed batch of 1, say) keeps the single-frame plan only.
+//! so a frame allocates no plan buffers. tract runs one frame per run: a plan optimised with a
+//! symbolic batch dimension ran EfficientNet-Lite0 six times slower per frame than the plan for
+//! one frame (BENCHMARKS.md), so `--batch` is not offered for tract.
 
 use std::{
     path::Path,
     sync::{Arc, Mutex},
 };
 
-use tracing::{info, warn};
 use tract_onnx::prelude::*;
 
 use super::{Engine, EngineOptions, Loaded};
@@ -47,33 +46,28 @@ impl Runner {
 }
 
 struct TractEngine {
-    single: Runner,
-    batched: Option<(Runner, usize)>,
+    runner: Runner,
     /// `[1, …]`: the input shape of one image.
     shape: [usize; 4],
 }
 
 impl std::fmt::Debug for TractEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TractEngine").field("max_batch", &self.max_batch()).finish()
+        f.debug_struct("TractEngine").field("workers", &self.runner.states.len()).finish()
     }
 }
 
 impl Engine for TractEngine {
     fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
-        let mut shape = self.shape;
-        shape[0] = batch;
-        let tensor = Tensor::from_shape(&shape, input).map_err(|e| format!("{e:#}"))?;
-        let output = match &self.batched {
-            Some((runner, _)) if batch > 1 => runner.run(worker, tensor)?,
-            _ => self.single.run(worker, tensor)?,
-        };
+        debug_assert_eq!(batch, 1, "tract runs one frame at a time");
+        let tensor = Tensor::from_shape(&self.shape, input).map_err(|e| format!("{e:#}"))?;
+        let output = self.runner.run(worker, tensor)?;
         let view = output.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
         Ok(view.iter().copied().collect())
     }
 
     fn max_batch(&self) -> usize {
-        self.batched.as_ref().map_or(1, |(_, max)| *max)
+        1
     }
 }
 
@@ -118,35 +112,7 @@ pub(super) fn load(
                 message: format!("output shape {:?} is not fixed", out_fact.shape),
             }
         })?;
-    let single = Runner::new(single.into_runnable().map_err(tract)?, options.workers);
+    let runner = Runner::new(single.into_runnable().map_err(tract)?, options.workers);
 
-    let batched = if options.batch > 1 {
-        match batched_plan(inference, shape) {
-            Ok(plan) => {
-                info!(backend = "tract", max_batch = options.batch, "the model takes batches");
-                Some((Runner::new(plan, options.workers), options.batch))
-            }
-            Err(e) => {
-                warn!(backend = "tract", error = %format!("{e:#}"), "the model does not take a batch dimension; one frame per run");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    Ok(Loaded { engine: Box::new(TractEngine { single, batched, shape }), outputs })
-}
-
-/// The graph with a symbolic batch dimension `N`, optimised.
-fn batched_plan(mut inference: InferenceModel, shape: [usize; 4]) -> TractResult<Plan> {
-    let n = inference.symbols.sym("N");
-    let dims: TVec<TDim> =
-        [TDim::from(n), shape[1].into(), shape[2].into(), shape[3].into()].into_iter().collect();
-    inference.set_input_fact(0, f32::fact(dims).into())?;
-    // The file declares its output for a batch of one; let tract infer it.
-    for o in 0..inference.output_outlets()?.len() {
-        inference.set_output_fact(o, InferenceFact::default())?;
-    }
-    let typed = inference.into_optimized()?;
-    typed.into_runnable()
+    Ok(Loaded { engine: Box::new(TractEngine { runner, shape }), outputs })
 }
