@@ -193,7 +193,7 @@ async fn pipeline(args: PredictorArgs, images: &[(&str, Jpeg)], n: usize) -> f64
             async move {
                 assert!(!p.message.top_k.is_empty(), "every frame is labelled");
                 let at = p.message.predicted_time.as_ref().and_then(lookout_proto::system_time);
-                tx.send(at.expect("predicted_time is set"))
+                tx.send((p.message.frame_sequence, at.expect("predicted_time is set")))
                     .await
                     .map_err(|e| HandlerError::Transient(e.to_string()))
             }
@@ -207,12 +207,20 @@ async fn pipeline(args: PredictorArgs, images: &[(&str, Jpeg)], n: usize) -> f64
     ));
     // From the first prediction made to the last (their `predicted_time`, the predictor's
     // clock), so model loading, joining the group and this reader's own start are not counted.
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        times.push(rx.recv().await.expect("prediction"));
+    // A frame labelled twice (at least once delivery) counts once, at its first labelling.
+    let mut times = std::collections::BTreeMap::new();
+    let mut duplicates = 0;
+    while times.len() < n {
+        let (sequence, at) = rx.recv().await.expect("prediction");
+        if times.insert(sequence, at).is_some() {
+            duplicates += 1;
+        }
     }
     shutdown.cancel();
-    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    if duplicates > 0 {
+        eprintln!("{duplicates} frames were labelled twice");
+    }
+    let (first, last) = (times.values().min().unwrap(), times.values().max().unwrap());
     (n - 1) as f64 / last.duration_since(*first).unwrap().as_secs_f64()
 }
 

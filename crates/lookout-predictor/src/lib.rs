@@ -147,7 +147,8 @@ pub enum PredictorError {
 }
 
 impl PredictorArgs {
-    /// The options with their defaults (no environment), for `model`.
+    /// The options with their defaults (or the `LOOKOUT_*` / `ORT_DYLIB_PATH` variables set in
+    /// the environment), for `model`.
     pub fn for_model(model: impl Into<PathBuf>) -> Self {
         use clap::Parser as _;
         let mut args = Args::parse_from(["lookout-predictor"]).predictor;
