@@ -18,7 +18,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The manifest could not be read.
-    #[error("cannot read model manifest {path}: {source}")]
+    #[error("cannot read model manifest {path}")]
     ManifestRead {
         /// Manifest path.
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum ModelError {
         manifest: PathBuf,
     },
     /// The labels file could not be read.
-    #[error("cannot read labels file {path}: {source}")]
+    #[error("cannot read labels file {path}")]
     Labels {
         /// Labels path.
         path: PathBuf,

@@ -262,11 +262,15 @@ async fn two_replicas_share_one_camera_and_label_each_frame_once() {
         let (who, msg, parts) =
             rx.recv_timeout(EVENT_TIMEOUT).expect("replicas log their assignments");
         let set = owned.entry(who).or_default();
+        let listed = parts.split(',').filter(|p| !p.is_empty()).map(str::to_owned);
+        // Cooperative rebalancing: assignments and revocations are increments.
         match msg.as_str() {
-            "partitions assigned" => {
-                set.extend(parts.split(',').filter(|p| !p.is_empty()).map(str::to_owned))
+            "partitions assigned" => set.extend(listed),
+            "partitions revoked" => {
+                for p in listed {
+                    set.remove(&p);
+                }
             }
-            "partitions revoked" => set.clear(),
             _ => {}
         }
         let all: BTreeSet<&String> = owned.values().flatten().collect();

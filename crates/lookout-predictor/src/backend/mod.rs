@@ -21,7 +21,7 @@ use crate::model::{Manifest, ModelError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// tract: pure Rust, in every build.
+    /// Pure Rust, in every build.
     Tract,
     /// ONNX Runtime, loaded from its shared library (builds with the `onnxruntime` feature).
     Onnxruntime,
