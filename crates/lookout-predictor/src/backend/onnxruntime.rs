@@ -135,7 +135,6 @@ pub(super) fn load(
     }
     info!(
         backend = "onnxruntime",
-        version = %ort_version(),
         library = %options.onnxruntime_library.display(),
         execution_provider = options.execution_provider.as_str(),
         threads = options.threads,
@@ -143,10 +142,6 @@ pub(super) fn load(
     );
     let engine = OrtEngine { sessions, input: inputs[0].clone(), shape, max_batch };
     Ok(Loaded { engine: Box::new(engine), outputs: classes })
-}
-
-fn ort_version() -> String {
-    ort::info().split(',').find_map(|p| p.trim().strip_prefix("git-branch=")).unwrap_or("?").into()
 }
 
 /// A session on the model `bytes`, with the options' threads and execution provider. An
