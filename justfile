@@ -43,7 +43,8 @@ bench: bench-bus bench-predictor bench-viewer bench-recorder bench-e2e
 bench-bus:
     python3 bench/bus/run.py
 
-# Predictor per-frame cost (tract vs onnxruntime) and pipeline vs bare model loop.
+# Predictor per-frame cost and frames/s: tract, the ONNX Runtime backend and Python onnxruntime;
+# workers, threads and batches; pipeline vs bare model loop.
 bench-predictor:
     python3 bench/predictor/run.py
 

@@ -37,9 +37,11 @@ def build_lookout():
     return os.path.join(ROOT, "target", "release", "lookout")
 
 
-def bench_executable(package, bench):
-    """Builds a cargo bench target without running it and returns its executable."""
-    out = sh(["cargo", "bench", "-p", package, "--bench", bench, "--no-run",
+def bench_executable(package, bench, features=()):
+    """Builds a cargo bench target (with cargo `features`) without running it and returns its
+    executable."""
+    extra = ["--features", ",".join(features)] if features else []
+    out = sh(["cargo", "bench", "-p", package, "--bench", bench, *extra, "--no-run",
               "--message-format=json"], stdout=subprocess.PIPE, text=True).stdout
     for line in out.splitlines():
         msg = json.loads(line)

@@ -1,8 +1,11 @@
-//! Predictor benchmark: per-frame cost of each stage on one thread, and sustained frames/s
-//! through the embedded broker against the bare model loop. Run by `just bench-predictor`
-//! (`bench/predictor/run.py`), which puts onnxruntime beside it.
+//! Predictor benchmark: per-frame cost of each stage, frames/s of the bare model loop, and
+//! sustained frames/s of the predictor service through the embedded broker, for one backend and
+//! one setting of workers, threads and batch size. Run by `just bench-predictor`
+//! (`bench/predictor/run.py`), which runs every setting and Python onnxruntime beside it.
 //!
-//! Prints one JSON object per line.
+//! `--backend tract|onnxruntime` (the latter needs `--features onnxruntime` and
+//! `ORT_DYLIB_PATH`), `--workers N`, `--threads N`, `--batch N`, `--iterations N` (per image, for
+//! the stages), `--frames N` (for the loops), `--no-stages`. Prints one JSON object per line.
 
 use std::{
     path::PathBuf,
@@ -10,9 +13,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use clap::Parser as _;
 use image::codecs::jpeg::JpegEncoder;
 use lookout_bus::{Bus, BusConfig, HandlerError, Incoming, embedded::EmbeddedBroker, topics};
-use lookout_predictor::{PredictorArgs, model::Model};
+use lookout_predictor::{Args, PredictorArgs, model::Model};
 use lookout_proto::v1::{Encoding, Frame, Prediction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,70 +35,132 @@ fn jpeg(name: &str) -> Jpeg {
     (buf, img.width(), img.height())
 }
 
-fn arg(name: &str, default: usize) -> usize {
+fn flag(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn num(name: &str, default: usize) -> usize {
+    flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
-    let iterations = arg("--iterations", 30);
-    let pipeline_frames = arg("--pipeline-frames", 120);
+    let iterations = num("--iterations", 30);
+    let frames = num("--frames", 120);
+    let stages = !std::env::args().any(|a| a == "--no-stages");
+    // The predictor's own options, from the same flags the service takes.
+    let mut cli = vec!["lookout-predictor".to_owned()];
+    for name in ["--backend", "--workers", "--threads", "--batch"] {
+        if let Some(v) = flag(name) {
+            cli.extend([name.to_owned(), v]);
+        }
+    }
+    let mut args = Args::parse_from(cli).predictor;
+    args.model = repo("models/efficientnet-lite0/model.toml");
+    args.max_frame_age = Duration::ZERO;
+    let setting = format!(
+        r#""backend":"{}","workers":{},"threads":{},"batch":{}"#,
+        args.backend.map_or("tract", |b| b.as_str()),
+        args.workers,
+        args.threads,
+        args.batch
+    );
+
     let load_started = Instant::now();
-    let model =
-        Arc::new(Model::load(&repo("models/efficientnet-lite0/model.toml")).expect("model"));
-    println!(r#"{{"impl":"tract","op":"load","ms":{:.1}}}"#, ms(load_started.elapsed()));
+    let model = Arc::new(Model::load_with(&args.model, &args.engine_options()).expect("model"));
+    println!(r#"{{{setting},"op":"load","ms":{:.1}}}"#, ms(load_started.elapsed()));
     let images: Vec<(&str, Jpeg)> =
         ["chelsea.png", "coffee.png", "rocket.jpg"].iter().map(|n| (*n, jpeg(n))).collect();
+    let limits = args.frame_limits();
 
-    // Per stage, single thread.
-    for (name, (bytes, _, _)) in &images {
-        let _ = model.classify(bytes, 5, 40_000_000).expect("warm-up");
-        let (mut d, mut p, mut i) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..iterations {
-            let t0 = Instant::now();
-            let img = Model::decode(bytes, 40_000_000).expect("decode");
-            let t1 = Instant::now();
-            let input = model.preprocess(&img);
-            let t2 = Instant::now();
-            let scores = model.infer(input).expect("infer");
-            let t3 = Instant::now();
-            std::hint::black_box(scores);
-            d.push(t1 - t0);
-            p.push(t2 - t1);
-            i.push(t3 - t2);
+    if stages {
+        for (name, (bytes, _, _)) in &images {
+            let _ = model.classify(bytes, 5, &limits).expect("warm-up");
+            let (mut d, mut p, mut i) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..iterations {
+                let t0 = Instant::now();
+                let img = Model::decode(bytes, &limits).expect("decode");
+                let t1 = Instant::now();
+                let input = model.preprocess(&img);
+                let t2 = Instant::now();
+                let scores = model.infer(&input).expect("infer");
+                let t3 = Instant::now();
+                std::hint::black_box(scores);
+                d.push(t1 - t0);
+                p.push(t2 - t1);
+                i.push(t3 - t2);
+            }
+            println!(
+                r#"{{{setting},"op":"stages","image":"{name}","iterations":{iterations},"decode_ms":{:.2},"preprocess_ms":{:.2},"inference_ms":{:.2}}}"#,
+                median(&mut d),
+                median(&mut p),
+                median(&mut i)
+            );
         }
-        println!(
-            r#"{{"impl":"tract","op":"stages","image":"{name}","iterations":{iterations},"decode_ms":{:.2},"preprocess_ms":{:.2},"inference_ms":{:.2}}}"#,
-            median(&mut d),
-            median(&mut p),
-            median(&mut i)
-        );
     }
 
-    // Bare model loop: decode + preprocess + inference, back to back.
-    let started = Instant::now();
-    for n in 0..pipeline_frames {
-        let (_, (bytes, _, _)) = &images[n % images.len()];
-        std::hint::black_box(model.classify(bytes, 5, 40_000_000).expect("classify"));
-    }
-    let bare = pipeline_frames as f64 / started.elapsed().as_secs_f64();
-    println!(r#"{{"impl":"tract","op":"bare_loop","frames":{pipeline_frames},"fps":{bare:.2}}}"#);
+    let bare = bare_loop(&model, &images, frames, args.workers.max(1), &limits);
+    println!(r#"{{{setting},"op":"bare_loop","frames":{frames},"fps":{bare:.2}}}"#);
 
-    // The same frames through the embedded broker and the predictor service.
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let fps = rt.block_on(pipeline(&images, pipeline_frames));
+    let fps = rt.block_on(pipeline(args, &images, frames));
     println!(
-        r#"{{"impl":"lookout-predictor","op":"pipeline","frames":{pipeline_frames},"fps":{fps:.2},"vs_bare":{:.3}}}"#,
+        r#"{{{setting},"op":"pipeline","frames":{frames},"fps":{fps:.2},"vs_bare":{:.3}}}"#,
         fps / bare
     );
 }
 
-async fn pipeline(images: &[(&str, Jpeg)], n: usize) -> f64 {
+/// Decode + preprocess + inference back to back, `workers` threads sharing `frames` frames,
+/// each running the model on up to `model.max_batch()` frames at a time.
+fn bare_loop(
+    model: &Arc<Model>,
+    images: &[(&str, Jpeg)],
+    frames: usize,
+    workers: usize,
+    limits: &lookout_predictor::FrameLimits,
+) -> f64 {
+    let batch = model.max_batch();
+    // Warm up every worker's state or session, as the pipeline's timing starts after its first
+    // prediction: the first run of a session allocates its buffers.
+    let (bytes, _, _) = &images[0].1;
+    let one = model.preprocess(&Model::decode(bytes, limits).expect("decode"));
+    for worker in 0..workers {
+        for n in [1, batch] {
+            model.infer_batch(worker, &one.repeat(n), n).expect("warm-up");
+        }
+    }
+    // Workers take the next frames as they become free, as the service's workers do.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for worker in 0..workers {
+            let next = &next;
+            s.spawn(move || {
+                loop {
+                    let first = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                    if first >= frames {
+                        return;
+                    }
+                    let chunk = first..(first + batch).min(frames);
+                    let n = chunk.len();
+                    let mut input = Vec::with_capacity(n * model.input_len());
+                    for i in chunk {
+                        let (_, (bytes, _, _)) = &images[i % images.len()];
+                        let img = Model::decode(bytes, limits).expect("decode");
+                        input.extend(model.preprocess(&img));
+                    }
+                    let scores = model.infer_batch(worker, &input, n).expect("infer");
+                    std::hint::black_box(model.top_k(&scores[0], 5));
+                }
+            });
+        }
+    });
+    frames as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The same frames through the embedded broker and the predictor service with `args`.
+async fn pipeline(args: PredictorArgs, images: &[(&str, Jpeg)], n: usize) -> f64 {
     let broker = EmbeddedBroker::start().expect("broker");
     broker.create_registry_topics("").expect("topics");
     let config = |svc: &str| {
@@ -125,36 +191,37 @@ async fn pipeline(images: &[(&str, Jpeg)], n: usize) -> f64 {
         move |p: Incoming<Prediction>| {
             let tx = tx.clone();
             async move {
-                tx.send(p.message.frame_sequence)
+                assert!(!p.message.top_k.is_empty(), "every frame is labelled");
+                let at = p.message.predicted_time.as_ref().and_then(lookout_proto::system_time);
+                tx.send((p.message.frame_sequence, at.expect("predicted_time is set")))
                     .await
                     .map_err(|e| HandlerError::Transient(e.to_string()))
             }
         },
         shutdown.clone(),
     ));
-    let args = PredictorArgs {
-        model: repo("models/efficientnet-lite0/model.toml"),
-        top_k: 5,
-        max_frame_age: Duration::ZERO,
-        workers: 1,
-        max_pixels: 40_000_000,
-        group: "predictor".into(),
-    };
     tokio::spawn(lookout_predictor::run(
         args,
         Bus::new(config("bench-predictor")).unwrap(),
         shutdown.clone(),
     ));
-    // Time from the first prediction to the last, so model loading and joining the group
-    // are not counted.
-    rx.recv().await.expect("first prediction");
-    let first = Instant::now();
-    for _ in 1..n {
-        rx.recv().await.expect("prediction");
+    // From the first prediction made to the last (their `predicted_time`, the predictor's
+    // clock), so model loading, joining the group and this reader's own start are not counted.
+    // A frame labelled twice (at least once delivery) counts once, at its first labelling.
+    let mut times = std::collections::BTreeMap::new();
+    let mut duplicates = 0;
+    while times.len() < n {
+        let (sequence, at) = rx.recv().await.expect("prediction");
+        if times.insert(sequence, at).is_some() {
+            duplicates += 1;
+        }
     }
-    let fps = (n - 1) as f64 / first.elapsed().as_secs_f64();
     shutdown.cancel();
-    fps
+    if duplicates > 0 {
+        eprintln!("{duplicates} frames were labelled twice");
+    }
+    let (first, last) = (times.values().min().unwrap(), times.values().max().unwrap());
+    (n - 1) as f64 / last.duration_since(*first).unwrap().as_secs_f64()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,39 +1,49 @@
 //! `lookout-predictor`: labels frames with an ONNX model and publishes predictions.
 //!
 //! The predictor is a member of consumer group `predictor` on `lookout.frames`. For each frame
-//! it decodes the JPEG, resizes, crops and normalises it as the model's manifest says
-//! ([`model::Manifest`]), runs the model with tract (loaded and optimised once), applies
-//! softmax and publishes the top-k labels as a `Prediction` on `lookout.predictions`, keyed by
-//! camera and carrying the frame's sequence number. The frame's offset is stored only after
-//! the prediction was delivered.
+//! it decodes the JPEG within limits, resizes the region the model keeps (the centre crop) and
+//! normalises it as the model's manifest says ([`model::Manifest`]), runs the model with tract
+//! or ONNX Runtime ([`backend`]), applies softmax and publishes the top-k labels as a
+//! `Prediction` on `lookout.predictions`, keyed by camera and carrying the frame's sequence
+//! number. The frame's offset is stored only after the prediction was delivered.
+//!
+//! Modules: [`model`] (manifest, loading, classify), [`frame`] (decoding with limits and the
+//! crop-only resize), [`backend`] (tract, ONNX Runtime), `labeller` (the frames handler),
+//! `workers` (the labelling threads), [`metrics`].
 //!
 //! Scaling: frames of one camera are spread over all partitions of the frames topic, so `N`
-//! replicas (up to the partition count) share even a single camera's load.
+//! replicas (up to the partition count) share even a single camera's load. Within a replica,
+//! `--workers` threads label frames at once; `--threads` gives each ONNX Runtime run more
+//! threads; `--batch` lets one run of the model take several frames that queued up in a
+//! partition.
 //!
-//! Live-ness: a frame older than `--max-frame-age` when its turn comes is skipped and counted,
-//! so a slow predictor never falls further and further behind a live camera. `0` disables the
-//! check (for replays).
-//!
-//! Bad input: a frame that is not JPEG, does not decode, or is larger than `--max-pixels` is
-//! counted and logged with its camera and sequence, and skipped.
+//! Every frame gets a prediction. One that is not labelled (older than `--max-frame-age`, not
+//! a JPEG, undecodable, too large, a shape the model cannot use) is published with its
+//! `skipped` reason and no labels, counted and logged with its camera and sequence, so
+//! consumers that restore order never wait for it. A frame that makes the decoder or the model
+//! panic is skipped the same way and also dead-lettered; the service keeps running.
 
+pub mod backend;
+pub mod frame;
+mod labeller;
 pub mod metrics;
 pub mod model;
+#[doc(hidden)]
+pub mod test_hooks;
+mod workers;
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use lookout_bus::{Bus, BusError, HandlerError, Incoming, Publisher, topics};
-use lookout_proto::v1::{Encoding, Frame, Label, ModelRef, Prediction, Timings};
-use tokio::sync::Semaphore;
+use lookout_bus::{Bus, BusError, Incoming, topics};
+use lookout_proto::v1::Frame;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
-use crate::{metrics as m, model::Model};
-pub use model::{FrameError, ModelError};
+pub use backend::{BackendKind, EngineOptions, ExecutionProvider};
+pub use frame::{FrameError, FrameLimits};
+pub use model::ModelError;
+
+use crate::{labeller::Labeller, model::Model, workers::Workers};
 
 /// The predictor's own options.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,13 +61,44 @@ pub struct PredictorArgs {
     #[arg(long, env = "LOOKOUT_MAX_FRAME_AGE", default_value = "2s", value_parser = lookout_service::parse_duration)]
     pub max_frame_age: Duration,
 
-    /// Frames labelled at the same time by this replica (scale out with replicas first).
+    /// The engine that runs the model: tract (pure Rust) or onnxruntime (needs a build with
+    /// the `onnxruntime` feature and the ONNX Runtime library). Default: the manifest's
+    /// `backend`, else tract.
+    #[arg(long, env = "LOOKOUT_PREDICTOR_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+
+    /// Frames labelled at the same time by this replica, each on its own thread (its own
+    /// tract state or ONNX Runtime session).
     #[arg(long, env = "LOOKOUT_PREDICTOR_WORKERS", default_value_t = 1)]
     pub workers: usize,
+
+    /// Threads one run of the model may use (ONNX Runtime's intra-op threads). tract runs
+    /// each frame on one thread: use --workers.
+    #[arg(long, env = "LOOKOUT_PREDICTOR_THREADS", default_value_t = 1)]
+    pub threads: usize,
+
+    /// Most frames of one partition labelled in one run of the model, when they queued up
+    /// (and the model takes a batch dimension); 1 labels frame by frame.
+    #[arg(long, env = "LOOKOUT_PREDICTOR_BATCH", default_value_t = 1)]
+    pub batch: usize,
+
+    /// Where ONNX Runtime runs the model: cpu, cuda or openvino (the library must have been
+    /// built with that provider; asking for one it lacks is an error).
+    #[arg(long, env = "LOOKOUT_PREDICTOR_EXECUTION_PROVIDER", value_enum, default_value = "cpu")]
+    pub execution_provider: ExecutionProvider,
+
+    /// The ONNX Runtime shared library: a path (the `onnxruntime` wheel's
+    /// `onnxruntime/capi/libonnxruntime.so.*`), or a file name the dynamic loader looks up.
+    #[arg(long, env = "ORT_DYLIB_PATH", default_value = backend::DEFAULT_ONNXRUNTIME_LIBRARY)]
+    pub onnxruntime_library: PathBuf,
 
     /// Refuse images with more pixels than this, before decoding them.
     #[arg(long, env = "LOOKOUT_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
+
+    /// Refuse images whose longer side is more than this many times the shorter one.
+    #[arg(long, env = "LOOKOUT_MAX_ASPECT_RATIO", default_value_t = 20.0)]
+    pub max_aspect_ratio: f32,
 
     /// Consumer group on the frames topic.
     #[arg(long, env = "LOOKOUT_PREDICTOR_GROUP", default_value = "predictor")]
@@ -100,134 +141,80 @@ pub enum PredictorError {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The labelling threads could not be started.
+    #[error("cannot start the labelling threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
-/// Loads the model and labels frames until `shutdown` is cancelled.
+impl PredictorArgs {
+    /// The options with their defaults (or the `LOOKOUT_*` / `ORT_DYLIB_PATH` variables set in
+    /// the environment), for `model`.
+    pub fn for_model(model: impl Into<PathBuf>) -> Self {
+        use clap::Parser as _;
+        let mut args = Args::parse_from(["lookout-predictor"]).predictor;
+        args.model = model.into();
+        args
+    }
+
+    /// How the model is to be run.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            backend: self.backend,
+            workers: self.workers.max(1),
+            threads: self.threads.max(1),
+            batch: self.batch.max(1),
+            execution_provider: self.execution_provider,
+            onnxruntime_library: self.onnxruntime_library.clone(),
+        }
+    }
+
+    /// The limits every frame is checked against.
+    pub fn frame_limits(&self) -> FrameLimits {
+        FrameLimits { max_pixels: self.max_pixels, max_aspect_ratio: self.max_aspect_ratio }
+    }
+}
+
+/// Loads the model and labels frames until `shutdown` is cancelled. A frame in progress at
+/// shutdown is not waited for: its offset is not stored and the next owner labels it.
 pub async fn run(
     args: PredictorArgs,
     bus: Bus,
     shutdown: CancellationToken,
 ) -> Result<(), PredictorError> {
     let path = args.model.clone();
-    let model = tokio::task::spawn_blocking(move || Model::load(&path))
+    let options = args.engine_options();
+    let model = tokio::task::spawn_blocking(move || Model::load_with(&path, &options))
         .await
-        .expect("model loading does not panic")?;
+        .map_err(|e| ModelError::Options(format!("loading the model failed: {e}")))??;
     info!(
         model = %model.manifest().name,
         version = %model.manifest().version,
         classes = model.classes(),
+        backend = model.backend().as_str(),
+        workers = args.workers.max(1),
+        threads = args.threads.max(1),
+        max_batch = model.max_batch(),
         path = %args.model.display(),
         "model loaded"
     );
+    let batch = model.max_batch();
     let labeller = Arc::new(Labeller {
         model: Arc::new(model),
+        workers: Workers::start(args.workers).map_err(PredictorError::Workers)?,
         predictions: bus.publisher(&topics::PREDICTIONS),
-        workers: Semaphore::new(args.workers.max(1)),
         instance: bus.config().instance.clone(),
         top_k: args.top_k.max(1),
         max_age: (!args.max_frame_age.is_zero()).then_some(args.max_frame_age),
-        max_pixels: args.max_pixels,
+        limits: args.frame_limits(),
+        shutdown: shutdown.clone(),
     });
-    let handler = move |frame: Incoming<Frame>| {
+    let handler = move |frames: Vec<Incoming<Frame>>| {
         let labeller = labeller.clone();
-        async move { labeller.handle(frame).await }
+        async move { labeller.handle(frames).await }
     };
-    bus.subscriber(&topics::FRAMES, &args.group).run(handler, shutdown).await?;
+    // Batches take what a partition already holds: no frame waits for others to arrive.
+    bus.subscriber(&topics::FRAMES, &args.group)
+        .run_batched(batch, Duration::ZERO, handler, shutdown)
+        .await?;
     Ok(())
-}
-
-struct Labeller {
-    model: Arc<Model>,
-    predictions: Publisher<Prediction>,
-    workers: Semaphore,
-    instance: String,
-    top_k: usize,
-    max_age: Option<Duration>,
-    max_pixels: u64,
-}
-
-impl Labeller {
-    async fn handle(&self, incoming: Incoming<Frame>) -> Result<(), HandlerError> {
-        let Incoming { message: frame, meta } = incoming;
-        let captured = frame.capture_time.as_ref().and_then(lookout_proto::system_time);
-        if let (Some(max), Some(at)) = (self.max_age, captured) {
-            let age = SystemTime::now().duration_since(at).unwrap_or_default();
-            if age > max {
-                ::metrics::counter!(m::FRAMES, "outcome" => "too_old").increment(1);
-                debug!(camera_id = %frame.camera_id, sequence = frame.sequence, age_ms = age.as_millis() as u64, "frame too old; skipped");
-                return Ok(());
-            }
-        }
-        if frame.encoding() != Encoding::Jpeg {
-            ::metrics::counter!(m::FRAMES, "outcome" => "bad_frame").increment(1);
-            warn!(camera_id = %frame.camera_id, sequence = frame.sequence, encoding = frame.encoding, "unsupported encoding; frame skipped");
-            return Ok(());
-        }
-        if u64::from(frame.width) * u64::from(frame.height) > self.max_pixels {
-            ::metrics::counter!(m::FRAMES, "outcome" => "bad_frame").increment(1);
-            warn!(camera_id = %frame.camera_id, sequence = frame.sequence, width = frame.width, height = frame.height, "frame header announces an absurd size; skipped");
-            return Ok(());
-        }
-
-        let permit = self.workers.acquire().await.expect("semaphore never closed");
-        let model = self.model.clone();
-        let data = frame.data.clone();
-        let (k, max_pixels) = (self.top_k, self.max_pixels);
-        let result = tokio::task::spawn_blocking(move || model.classify(&data, k, max_pixels))
-            .await
-            .map_err(|e| HandlerError::Transient(format!("labelling task failed: {e}")))?;
-        drop(permit);
-        let (top, times) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                ::metrics::counter!(m::FRAMES, "outcome" => "bad_frame").increment(1);
-                warn!(camera_id = %frame.camera_id, sequence = frame.sequence, error = %e, "cannot label frame; skipped");
-                return Ok(());
-            }
-        };
-        ::metrics::histogram!(m::DECODE_SECONDS).record(times.decode.as_secs_f64());
-        ::metrics::histogram!(m::PREPROCESS_SECONDS).record(times.preprocess.as_secs_f64());
-        ::metrics::histogram!(m::INFERENCE_SECONDS).record(times.inference.as_secs_f64());
-
-        let manifest = self.model.manifest();
-        let prediction = Prediction {
-            camera_id: frame.camera_id.clone(),
-            frame_sequence: frame.sequence,
-            capture_time: frame.capture_time,
-            model: Some(ModelRef {
-                name: manifest.name.clone(),
-                version: manifest.version.clone(),
-            }),
-            top_k: top
-                .iter()
-                .map(|s| Label { class_id: s.class_id, name: s.name.clone(), score: s.score })
-                .collect(),
-            detections: Vec::new(),
-            timings: Some(Timings {
-                decode: duration(times.decode),
-                preprocess: duration(times.preprocess),
-                inference: duration(times.inference),
-            }),
-            predictor_instance: self.instance.clone(),
-            predicted_time: Some(lookout_proto::timestamp(SystemTime::now())),
-            skipped: 0,
-        };
-        let sent = match meta.trace() {
-            Some(parent) => self.predictions.send_traced(&prediction, &parent).await,
-            None => self.predictions.send(&prediction).await,
-        };
-        sent.map_err(|e| HandlerError::Transient(e.to_string()))?;
-        ::metrics::counter!(m::FRAMES, "outcome" => "labelled").increment(1);
-        if let Some(at) = captured {
-            let latency = SystemTime::now().duration_since(at).unwrap_or_default();
-            ::metrics::histogram!(m::CAPTURE_TO_PREDICTED_SECONDS).record(latency.as_secs_f64());
-        }
-        let best = &top[0];
-        debug!(camera_id = %frame.camera_id, sequence = frame.sequence, label = %best.name, score = best.score, inference_ms = times.inference.as_millis() as u64, "labelled");
-        Ok(())
-    }
-}
-
-fn duration(d: Duration) -> Option<lookout_proto::Duration> {
-    lookout_proto::Duration::try_from(d).ok()
 }

@@ -1,20 +1,24 @@
-//! ONNX models described by a manifest, run with tract.
+//! ONNX models described by a manifest, run by one of the [`crate::backend`]s.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use image::{DynamicImage, ImageDecoder as _, ImageReader, RgbImage};
+use image::RgbImage;
 use serde::Deserialize;
-use tract_onnx::prelude::*;
+
+pub use crate::frame::{FrameError, FrameLimits};
+use crate::{
+    backend::{self, BackendKind, Engine, EngineOptions},
+    frame,
+};
 
 /// Errors loading a model. Each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The manifest could not be read.
-    #[error("cannot read model manifest {path}: {source}")]
+    #[error("cannot read model manifest {path}")]
     ManifestRead {
         /// Manifest path.
         path: PathBuf,
@@ -39,7 +43,7 @@ pub enum ModelError {
         manifest: PathBuf,
     },
     /// The labels file could not be read.
-    #[error("cannot read labels file {path}: {source}")]
+    #[error("cannot read labels file {path}")]
     Labels {
         /// Labels path.
         path: PathBuf,
@@ -69,35 +73,31 @@ pub enum ModelError {
         /// What differs.
         message: String,
     },
-    /// tract could not load or optimise the model.
-    #[error("cannot load ONNX model {model}: {message}")]
-    Tract {
+    /// The engine could not load or optimise the model.
+    #[error("cannot load ONNX model {model} with {backend}: {message}")]
+    Engine {
         /// ONNX path.
         model: PathBuf,
-        /// tract's error chain.
+        /// `tract` or `onnxruntime`.
+        backend: &'static str,
+        /// The engine's error chain.
         message: String,
     },
-}
-
-/// Why a frame could not be labelled.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The image is larger than the configured limit (checked before decoding).
-    #[error("image of {width}x{height} exceeds the limit of {max_pixels} pixels")]
-    TooLarge {
-        /// Width from the header.
-        width: u64,
-        /// Height from the header.
-        height: u64,
-        /// The limit.
-        max_pixels: u64,
+    /// The ONNX Runtime shared library could not be loaded.
+    #[error(
+        "cannot load the ONNX Runtime library {library}: {message} (set ORT_DYLIB_PATH or \
+         --onnxruntime-library to the libonnxruntime.so.* of the `onnxruntime` wheel; README, \
+         \"The predictor\")"
+    )]
+    OnnxruntimeLibrary {
+        /// The path or name given.
+        library: PathBuf,
+        /// The loader's error.
+        message: String,
     },
-    /// The bytes are not a decodable image.
-    #[error("cannot decode image: {0}")]
-    Decode(String),
-    /// tract failed.
-    #[error("inference failed: {0}")]
-    Inference(String),
+    /// The engine options do not fit together.
+    #[error("{0}")]
+    Options(String),
 }
 
 /// The manifest file (`model.toml`).
@@ -112,6 +112,9 @@ pub struct Manifest {
     pub file: PathBuf,
     /// Labels file (one per line, line number = class id), relative to the manifest.
     pub labels: PathBuf,
+    /// The engine used unless `--backend` says otherwise (default tract).
+    #[serde(default)]
+    pub backend: Option<BackendKind>,
     /// Output kind.
     pub kind: Kind,
     /// The input tensor.
@@ -230,13 +233,10 @@ pub struct StageTimes {
 pub struct Model {
     manifest: Manifest,
     labels: Vec<String>,
-    plan: Arc<TypedRunnableModel>,
-    // Reused run states: no per-frame allocation of the plan's buffers.
-    states: Mutex<Vec<TypedSimpleState>>,
+    engine: Box<dyn Engine>,
+    backend: BackendKind,
     path: PathBuf,
 }
-
-type TypedSimpleState = tract_onnx::tract_core::plan::SimpleState<TypedFact, Box<dyn TypedOp>>;
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -245,14 +245,20 @@ impl std::fmt::Debug for Model {
             .field("version", &self.manifest.version)
             .field("path", &self.path)
             .field("labels", &self.labels.len())
+            .field("engine", &self.engine)
             .finish()
     }
 }
 
 impl Model {
     /// Loads the manifest at `manifest_path` (or `model.toml` inside it, if it is a folder),
-    /// the labels and the ONNX model, and checks that they agree.
+    /// the labels and the ONNX model with tract, and checks that they agree.
     pub fn load(manifest_path: &Path) -> Result<Self, ModelError> {
+        Self::load_with(manifest_path, &EngineOptions::new(BackendKind::Tract))
+    }
+
+    /// Reads and checks the manifest at `manifest_path` (or `model.toml` inside it).
+    pub fn read_manifest(manifest_path: &Path) -> Result<(Manifest, PathBuf), ModelError> {
         let manifest_path = if manifest_path.is_dir() {
             manifest_path.join("model.toml")
         } else {
@@ -269,7 +275,7 @@ impl Model {
         if manifest.kind != Kind::Classification {
             return Err(invalid("only kind = \"classification\" is supported".into()));
         }
-        let (h, w) = input_hw(&manifest.input).map_err(invalid)?;
+        let (h, w) = frame::input_hw(&manifest).map_err(invalid)?;
         if manifest.preprocess.resize_shorter < h.max(w) as u32 {
             return Err(invalid(format!(
                 "resize_shorter = {} is smaller than the input size {h}x{w}",
@@ -279,6 +285,13 @@ impl Model {
         if manifest.preprocess.std.contains(&0.0) {
             return Err(invalid("std must not be 0".into()));
         }
+        Ok((manifest, manifest_path))
+    }
+
+    /// Loads the model as [`Model::load`] does, run by `options.backend` (when `None`, the
+    /// manifest's backend, else tract) with `options`' workers, threads and batch size.
+    pub fn load_with(manifest_path: &Path, options: &EngineOptions) -> Result<Self, ModelError> {
+        let (manifest, manifest_path) = Self::read_manifest(manifest_path)?;
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
         let model_path = dir.join(&manifest.file);
         if !model_path.is_file() {
@@ -290,67 +303,17 @@ impl Model {
             .lines()
             .map(|l| l.trim().to_owned())
             .collect();
-
-        let tract = |e: TractError| ModelError::Tract {
-            model: model_path.clone(),
-            message: format!("{e:#}"),
-        };
-        let mut inference = tract_onnx::onnx().model_for_path(&model_path).map_err(tract)?;
-        let input_names: Vec<String> = inference
-            .input_outlets()
-            .map_err(tract)?
-            .iter()
-            .map(|o| inference.node(o.node).name.clone())
-            .collect();
-        if input_names != [manifest.input.name.clone()] {
-            return Err(ModelError::Mismatch {
-                model: model_path,
-                message: format!(
-                    "inputs are {input_names:?}, the manifest says {:?}",
-                    manifest.input.name
-                ),
-            });
-        }
-        inference =
-            inference.with_input_fact(0, f32::fact(manifest.input.shape).into()).map_err(tract)?;
-        let output_names: Vec<String> = inference
-            .output_outlets()
-            .map_err(tract)?
-            .iter()
-            .map(|o| {
-                inference
-                    .outlet_label(*o)
-                    .map_or_else(|| inference.node(o.node).name.clone(), str::to_owned)
-            })
-            .collect();
-        if output_names.first() != Some(&manifest.output.name) {
-            return Err(ModelError::Mismatch {
-                model: model_path,
-                message: format!(
-                    "outputs are {output_names:?}, the manifest says {:?}",
-                    manifest.output.name
-                ),
-            });
-        }
-        let typed = inference.into_optimized().map_err(tract)?;
-        let out_fact = typed.output_fact(0).map_err(tract)?;
-        let outputs: usize =
-            out_fact.shape.as_concrete().map(|s| s.iter().product()).ok_or_else(|| {
-                ModelError::Mismatch {
-                    model: model_path.clone(),
-                    message: format!("output shape {:?} is not fixed", out_fact.shape),
-                }
-            })?;
-        if outputs != labels.len() {
+        let backend = options.backend.or(manifest.backend).unwrap_or(BackendKind::Tract);
+        let loaded = backend::load(&manifest, &model_path, backend, options)?;
+        if loaded.outputs != labels.len() {
             return Err(ModelError::LabelCount {
                 model: model_path,
                 labels_path,
                 labels: labels.len(),
-                outputs,
+                outputs: loaded.outputs,
             });
         }
-        let plan = typed.into_runnable().map_err(tract)?;
-        Ok(Self { manifest, labels, plan, states: Mutex::new(Vec::new()), path: model_path })
+        Ok(Self { manifest, labels, engine: loaded.engine, backend, path: model_path })
     }
 
     /// The manifest.
@@ -363,72 +326,72 @@ impl Model {
         self.labels.len()
     }
 
-    /// Decodes an encoded image (JPEG, PNG), refusing images over `max_pixels` before decoding.
-    pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, FrameError> {
-        let reader = ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| FrameError::Decode(e.to_string()))?;
-        let decoder = reader.into_decoder().map_err(|e| FrameError::Decode(e.to_string()))?;
-        let (w, h) = decoder.dimensions();
-        let (width, height) = (u64::from(w), u64::from(h));
-        if width * height > max_pixels {
-            return Err(FrameError::TooLarge { width, height, max_pixels });
-        }
-        let img =
-            DynamicImage::from_decoder(decoder).map_err(|e| FrameError::Decode(e.to_string()))?;
-        Ok(img.into_rgb8())
+    /// The engine running the model.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
     }
 
-    /// Resize, centre-crop and normalise into the input tensor.
-    pub fn preprocess(&self, img: &RgbImage) -> Tensor {
-        let p = &self.manifest.preprocess;
-        let (h, w) = input_hw(&self.manifest.input).expect("validated at load");
-        let (iw, ih) = img.dimensions();
-        let scale = p.resize_shorter as f32 / iw.min(ih).max(1) as f32;
-        let rw = ((iw as f32 * scale).round() as u32).max(w as u32);
-        let rh = ((ih as f32 * scale).round() as u32).max(h as u32);
-        let resized = resize(img, rw, rh, p.filter);
-        let (x0, y0) = (((rw - w as u32) / 2) as usize, ((rh - h as u32) / 2) as usize);
-        let stride = rw as usize * 3;
-        let mut data = vec![0f32; 3 * h * w];
-        let bgr = self.manifest.input.color == Color::BGR;
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / p.std[c]);
-        let channels: [(usize, f32, f32); 3] =
-            std::array::from_fn(|c| (if bgr { 2 - c } else { c }, p.mean[c], scale[c]));
-        for y in 0..h {
-            let row = &resized[(y0 + y) * stride + x0 * 3..][..w * 3];
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                for (c, (src, mean, scale)) in channels.iter().enumerate() {
-                    let v = (f32::from(px[*src]) - mean) * scale;
-                    let i = match self.manifest.input.layout {
-                        Layout::NCHW => c * h * w + y * w + x,
-                        Layout::NHWC => (y * w + x) * 3 + c,
-                    };
-                    data[i] = v;
+    /// The most frames one run of the model takes (1 unless batching was asked for and the
+    /// model allows it).
+    pub fn max_batch(&self) -> usize {
+        self.engine.max_batch()
+    }
+
+    /// Values in the input tensor of one image.
+    pub fn input_len(&self) -> usize {
+        self.manifest.input.shape.iter().product()
+    }
+
+    /// Decodes a JPEG within `limits`; see [`frame::decode_jpeg`].
+    pub fn decode(bytes: &[u8], limits: &FrameLimits) -> Result<RgbImage, FrameError> {
+        frame::decode_jpeg(bytes, limits)
+    }
+
+    /// Resizes the kept region, crops and normalises `img` into `out` ([`Model::input_len`]
+    /// values).
+    pub fn preprocess_into(&self, img: &RgbImage, out: &mut [f32]) {
+        frame::preprocess_into(&self.manifest, img, out);
+    }
+
+    /// The input tensor of one image.
+    pub fn preprocess(&self, img: &RgbImage) -> Vec<f32> {
+        let mut out = vec![0f32; self.input_len()];
+        self.preprocess_into(img, &mut out);
+        out
+    }
+
+    /// Runs the model on `batch` prepared images (one after another in `input`) with worker
+    /// `worker`'s state, and returns the probabilities of each class, per image.
+    pub fn infer_batch(
+        &self,
+        worker: usize,
+        input: &[f32],
+        batch: usize,
+    ) -> Result<Vec<Vec<f32>>, FrameError> {
+        debug_assert_eq!(input.len(), batch * self.input_len());
+        let raw = self.engine.run(worker, input, batch).map_err(FrameError::Inference)?;
+        let classes = self.labels.len();
+        if raw.len() != batch * classes {
+            return Err(FrameError::Inference(format!(
+                "the model returned {} values for {batch} images of {classes} classes",
+                raw.len()
+            )));
+        }
+        Ok(raw
+            .chunks_exact(classes)
+            .map(|scores| {
+                let mut scores = scores.to_vec();
+                if self.manifest.output.softmax {
+                    softmax(&mut scores);
                 }
-            }
-        }
-        Tensor::from_shape(&self.manifest.input.shape, &data).expect("shape matches data length")
+                scores
+            })
+            .collect())
     }
 
-    /// Runs the model on a prepared tensor and returns the probability of each class.
-    pub fn infer(&self, input: Tensor) -> Result<Vec<f32>, FrameError> {
-        let state = self.states.lock().expect("not poisoned").pop();
-        let mut state = match state {
-            Some(s) => s,
-            None => self.plan.spawn().map_err(|e| FrameError::Inference(format!("{e:#}")))?,
-        };
-        let outputs =
-            state.run(tvec!(input.into())).map_err(|e| FrameError::Inference(format!("{e:#}")))?;
-        self.states.lock().expect("not poisoned").push(state);
-        let view = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| FrameError::Inference(format!("{e:#}")))?;
-        let mut scores: Vec<f32> = view.iter().copied().collect();
-        if self.manifest.output.softmax {
-            softmax(&mut scores);
-        }
-        Ok(scores)
+    /// Runs the model on one prepared image and returns the probability of each class.
+    pub fn infer(&self, input: &[f32]) -> Result<Vec<f32>, FrameError> {
+        Ok(self.infer_batch(0, input, 1)?.remove(0))
     }
 
     /// The `k` best classes.
@@ -441,55 +404,22 @@ impl Model {
             .collect()
     }
 
-    /// Decode, preprocess and infer one encoded image, timing each stage.
+    /// Decode, preprocess and infer one JPEG, timing each stage.
     pub fn classify(
         &self,
         bytes: &[u8],
         k: usize,
-        max_pixels: u64,
+        limits: &FrameLimits,
     ) -> Result<(Vec<Scored>, StageTimes), FrameError> {
         let t0 = Instant::now();
-        let img = Self::decode(bytes, max_pixels)?;
+        let img = Self::decode(bytes, limits)?;
         let t1 = Instant::now();
         let input = self.preprocess(&img);
         let t2 = Instant::now();
-        let scores = self.infer(input)?;
+        let scores = self.infer(&input)?;
         let t3 = Instant::now();
         let times = StageTimes { decode: t1 - t0, preprocess: t2 - t1, inference: t3 - t2 };
         Ok((self.top_k(&scores, k), times))
-    }
-}
-
-/// Resizes RGB pixels with SIMD convolution (fast_image_resize); returns the packed RGB bytes.
-fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> Vec<u8> {
-    use fast_image_resize::{
-        FilterType as F, PixelType, ResizeAlg, ResizeOptions, Resizer, images,
-    };
-    let alg = match filter {
-        Filter::Nearest => ResizeAlg::Nearest,
-        Filter::Triangle => ResizeAlg::Convolution(F::Bilinear),
-        Filter::CatmullRom => ResizeAlg::Convolution(F::CatmullRom),
-        Filter::Gaussian => ResizeAlg::Convolution(F::Gaussian),
-        Filter::Lanczos3 => ResizeAlg::Convolution(F::Lanczos3),
-    };
-    let (iw, ih) = img.dimensions();
-    let src = images::ImageRef::new(iw, ih, img.as_raw(), PixelType::U8x3)
-        .expect("an RgbImage's buffer matches its size");
-    let mut dst = images::Image::new(width, height, PixelType::U8x3);
-    Resizer::new()
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
-        .expect("same pixel type on both sides");
-    dst.into_vec()
-}
-
-fn input_hw(input: &Input) -> Result<(usize, usize), String> {
-    let s = input.shape;
-    match input.layout {
-        Layout::NCHW if s[0] == 1 && s[1] == 3 => Ok((s[2], s[3])),
-        Layout::NHWC if s[0] == 1 && s[3] == 3 => Ok((s[1], s[2])),
-        _ => {
-            Err(format!("input shape {s:?} is not a single 3-channel image in {:?}", input.layout))
-        }
     }
 }
 

@@ -15,7 +15,10 @@ use lookout_bus::{HandlerError, Incoming, topics};
 use lookout_predictor::PredictorArgs;
 use lookout_proto::v1::{Encoding, Frame, Prediction};
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
-use tokio::sync::mpsc;
+use std::sync::OnceLock;
+
+use lookout_proto::v1::SkipReason;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 fn frame(camera: &str, seq: u64, jpeg: &(Vec<u8>, u32, u32)) -> Frame {
@@ -31,14 +34,30 @@ fn frame(camera: &str, seq: u64, jpeg: &(Vec<u8>, u32, u32)) -> Frame {
 }
 
 fn args() -> PredictorArgs {
-    PredictorArgs {
-        model: common::manifest(),
-        top_k: 5,
-        max_frame_age: Duration::from_secs(60),
-        workers: 1,
-        max_pixels: 40_000_000,
-        group: "predictor".into(),
+    let mut args = PredictorArgs::for_model(common::manifest());
+    args.max_frame_age = Duration::from_secs(60);
+    args
+}
+
+/// The decoder panics on frames ending with this (see `test_hooks`).
+const PANIC_MARKER: &[u8] = b"LOOKOUT-TEST-PANIC";
+/// The decoder blocks for an hour on frames ending with this.
+const HANG_MARKER: &[u8] = b"LOOKOUT-TEST-HANG";
+static HANGING: OnceLock<watch::Sender<bool>> = OnceLock::new();
+
+fn test_hook(bytes: &[u8]) {
+    if bytes.ends_with(PANIC_MARKER) {
+        panic!("test hook: the decoder panics on this frame");
     }
+    if bytes.ends_with(HANG_MARKER) {
+        HANGING.get_or_init(|| watch::Sender::new(false)).send_replace(true);
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn with_marker(jpeg: &(Vec<u8>, u32, u32), marker: &[u8]) -> (Vec<u8>, u32, u32) {
+    // Bytes after the end-of-image marker are ignored by decoders.
+    ([jpeg.0.as_slice(), marker].concat(), jpeg.1, jpeg.2)
 }
 
 async fn collect_predictions(
@@ -64,11 +83,12 @@ async fn collect_predictions(
 }
 
 async fn next(rx: &mut mpsc::Receiver<Prediction>) -> Prediction {
+    // Every frame gets a prediction; tests that want the labelled ones filter.
     tokio::time::timeout(EVENT_TIMEOUT, rx.recv()).await.expect("a prediction arrives").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sample_photos_are_labelled_and_bad_frames_skipped() {
+async fn sample_photos_are_labelled_and_every_other_frame_gets_a_skipped_prediction() {
     let t = TestBus::start();
     t.create_registry_topics().await;
     let shutdown = CancellationToken::new();
@@ -95,15 +115,28 @@ async fn sample_photos_are_labelled_and_bad_frames_skipped() {
     frames.send(&frame("cam", 6, &coffee)).await.unwrap();
 
     let mut got = BTreeMap::new();
-    while got.len() < 2 {
+    while got.len() < 6 {
         let p = next(&mut predictions).await;
         got.insert(p.frame_sequence, p);
     }
+    let reasons: Vec<(u64, SkipReason)> =
+        got.values().map(|p| (p.frame_sequence, p.skipped())).collect();
     assert_eq!(
-        got.keys().copied().collect::<Vec<_>>(),
-        vec![1, 6],
-        "only the good, fresh frames are labelled"
+        reasons,
+        vec![
+            (1, SkipReason::Unspecified),
+            (2, SkipReason::Undecodable),
+            (3, SkipReason::TooLarge),
+            (4, SkipReason::Unsupported),
+            (5, SkipReason::TooOld),
+            (6, SkipReason::Unspecified),
+        ],
+        "every frame gets a prediction; the ones not labelled say why"
     );
+    for seq in 2..=5 {
+        assert!(got[&seq].top_k.is_empty(), "a skipped prediction has no labels");
+        assert_eq!(got[&seq].model.as_ref().unwrap().name, "efficientnet-lite0");
+    }
     let top3: Vec<&str> = got[&1].top_k.iter().take(3).map(|l| l.name.as_str()).collect();
     assert!(top3.iter().any(|n| n.contains("cat") || *n == "tabby"), "cat in top 3: {top3:?}");
     assert_eq!(got[&6].top_k[0].name, "espresso");
@@ -116,6 +149,68 @@ async fn sample_photos_are_labelled_and_bad_frames_skipped() {
 
     shutdown.cancel();
     predictor.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_panics_the_decoder_is_dead_lettered_once_and_the_next_is_labelled() {
+    lookout_predictor::test_hooks::install_decode_hook_for_tests(test_hook);
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let dlq = t.collect(lookout_proto::topics::DLQ);
+    let shutdown = CancellationToken::new();
+    let predictor =
+        tokio::spawn(lookout_predictor::run(args(), t.bus("lookout-predictor"), shutdown.clone()));
+    let mut predictions = collect_predictions(&t, shutdown.clone()).await;
+
+    let frames = t.bus("lookout-camera").publisher(&topics::FRAMES);
+    let cat = common::sample_jpeg("chelsea.png");
+    frames.send(&frame("cam", 10, &with_marker(&cat, PANIC_MARKER))).await.unwrap();
+    // The same partition as frame 10 (frames are spread by sequence over the 6 partitions):
+    // once it is labelled, frame 10 is behind its partition's position for good.
+    frames.send(&frame("cam", 16, &cat)).await.unwrap();
+
+    let mut got = BTreeMap::new();
+    while got.len() < 2 {
+        let p = next(&mut predictions).await;
+        got.insert(p.frame_sequence, p);
+    }
+    assert_eq!(got[&10].skipped(), SkipReason::Undecodable);
+    assert_eq!(got[&16].skipped(), SkipReason::Unspecified, "the next frame is labelled");
+    assert!(!got[&16].top_k.is_empty());
+    let dead = dlq.wait_for(1).await;
+    assert_eq!(dead.len(), 1, "dead-lettered once: {dead:?}");
+    let error = dead[0].headers.get_str("dlq-error").unwrap_or_default();
+    assert!(error.contains("decode panicked"), "{error}");
+
+    shutdown.cancel();
+    predictor.await.unwrap().unwrap();
+    assert_eq!(dlq.messages().len(), 1, "still once after the predictor stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_frame_in_progress() {
+    lookout_predictor::test_hooks::install_decode_hook_for_tests(test_hook);
+    let mut hanging = HANGING.get_or_init(|| watch::Sender::new(false)).subscribe();
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let shutdown = CancellationToken::new();
+    let predictor =
+        tokio::spawn(lookout_predictor::run(args(), t.bus("lookout-predictor"), shutdown.clone()));
+    let frames = t.bus("lookout-camera").publisher(&topics::FRAMES);
+    let cat = common::sample_jpeg("chelsea.png");
+    frames.send(&frame("cam", 1, &with_marker(&cat, HANG_MARKER))).await.unwrap();
+    tokio::time::timeout(EVENT_TIMEOUT, hanging.wait_for(|h| *h))
+        .await
+        .expect("the frame reaches the decoder")
+        .unwrap();
+
+    // The decoder is stuck for an hour on that frame; the predictor stops all the same.
+    shutdown.cancel();
+    tokio::time::timeout(EVENT_TIMEOUT, predictor)
+        .await
+        .expect("the predictor stops while a frame is in progress")
+        .unwrap()
+        .unwrap();
 }
 
 struct Guard(Child);
@@ -167,11 +262,15 @@ async fn two_replicas_share_one_camera_and_label_each_frame_once() {
         let (who, msg, parts) =
             rx.recv_timeout(EVENT_TIMEOUT).expect("replicas log their assignments");
         let set = owned.entry(who).or_default();
+        let listed = parts.split(',').filter(|p| !p.is_empty()).map(str::to_owned);
+        // Cooperative rebalancing: assignments and revocations are increments.
         match msg.as_str() {
-            "partitions assigned" => {
-                set.extend(parts.split(',').filter(|p| !p.is_empty()).map(str::to_owned))
+            "partitions assigned" => set.extend(listed),
+            "partitions revoked" => {
+                for p in listed {
+                    set.remove(&p);
+                }
             }
-            "partitions revoked" => set.clear(),
             _ => {}
         }
         let all: BTreeSet<&String> = owned.values().flatten().collect();
@@ -192,6 +291,7 @@ async fn two_replicas_share_one_camera_and_label_each_frame_once() {
     let mut by_seq: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     while by_seq.len() < FRAMES as usize {
         let p = next(&mut predictions).await;
+        assert_eq!(p.skipped(), SkipReason::Unspecified, "frame {} labelled", p.frame_sequence);
         by_seq.entry(p.frame_sequence).or_default().push(p.predictor_instance);
     }
     // Every frame is done once the group has committed all of them; then count what was

@@ -3,7 +3,8 @@
 /// Frames taken from the frames topic (`outcome`: shown, out_of_order, bad_frame,
 /// too_many_cameras).
 pub const FRAMES_RECEIVED: &str = "lookout_viewer_frames_received_total";
-/// Predictions taken from the predictions topic (`outcome`: applied, stale, empty).
+/// Predictions taken from the predictions topic (`outcome`: applied, stale, empty: no label,
+/// e.g. a skipped frame).
 pub const PREDICTIONS_RECEIVED: &str = "lookout_viewer_predictions_received_total";
 /// Prediction changes taken from the changes topic.
 pub const CHANGES_RECEIVED: &str = "lookout_viewer_changes_received_total";

@@ -367,9 +367,12 @@ impl ViewerState {
     }
 
     /// Takes a prediction. Returns whether it became the camera's current label: only a
-    /// prediction for a higher frame sequence than the current label's does.
+    /// labelled (not skipped) prediction for a higher frame sequence than the current label's
+    /// does.
     pub fn on_prediction(&self, prediction: &Prediction) -> bool {
-        let Some(top) = prediction.top_k.first() else {
+        // A skipped frame's prediction (too old, undecodable, …) has no label to show.
+        let labelled = prediction.skipped() == lookout_proto::v1::SkipReason::Unspecified;
+        let Some(top) = prediction.top_k.first().filter(|_| labelled) else {
             metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "empty").increment(1);
             return false;
         };
@@ -579,6 +582,17 @@ mod tests {
         assert_eq!(s.label("cam").unwrap().name, "espresso");
         assert!(s.on_prediction(&prediction("cam", 11, "tabby")));
         assert_eq!(s.label("cam").unwrap().name, "tabby");
+    }
+
+    #[test]
+    fn skipped_predictions_leave_the_label_alone() {
+        let s = state();
+        assert!(s.on_prediction(&prediction("cam", 10, "espresso")));
+        let mut skipped = Prediction { top_k: Vec::new(), ..prediction("cam", 11, "") };
+        skipped.set_skipped(lookout_proto::v1::SkipReason::TooOld);
+        assert!(!s.on_prediction(&skipped));
+        assert_eq!(s.label("cam").unwrap().name, "espresso");
+        assert!(s.on_prediction(&prediction("cam", 12, "tabby")), "later frames still count");
     }
 
     #[test]

@@ -164,14 +164,8 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
     let t = TestBus::start();
     t.create_registry_topics().await;
     let shutdown = CancellationToken::new();
-    let predictor_args = PredictorArgs {
-        model: repo("models/efficientnet-lite0/model.toml"),
-        top_k: 5,
-        max_frame_age: Duration::from_secs(2),
-        workers: 1,
-        max_pixels: 40_000_000,
-        group: "predictor".into(),
-    };
+    let mut predictor_args = PredictorArgs::for_model(repo("models/efficientnet-lite0/model.toml"));
+    predictor_args.max_frame_age = Duration::from_secs(2);
     let predictor = tokio::spawn(lookout_predictor::run(
         predictor_args,
         t.bus("lookout-predictor"),
