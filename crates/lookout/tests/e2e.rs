@@ -115,12 +115,7 @@ fn joined(service: &Service) {
 
 fn predictor(t: &TestBus, dir: &Path, name: &str) -> Service {
     let model = repo("models/efficientnet-lite0/model.toml");
-    start(
-        t,
-        dir,
-        name,
-        &s(&["predictor", "--model", model.to_str().unwrap()]),
-    )
+    start(t, dir, name, &s(&["predictor", "--model", model.to_str().unwrap()]))
 }
 
 fn recorder(t: &TestBus, dir: &Path, name: &str, db: &str, group: &str) -> Service {
