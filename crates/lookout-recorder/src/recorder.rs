@@ -904,6 +904,7 @@ pub fn change_event(c: &StoredChange) -> PredictionChange {
         model: Some(ModelRef {
             name: c.key.model_name.clone(),
             version: c.key.model_version.clone(),
+            ..ModelRef::default()
         }),
         time: Some(lookout_proto::timestamp_from_millis(c.capture_time_ms)),
         change_id: c.change_id,
@@ -921,7 +922,7 @@ mod tests {
             camera_id: "lobby".into(),
             frame_sequence: 42,
             capture_time: Some(lookout_proto::timestamp_from_millis(1_700_000_000_123)),
-            model: Some(ModelRef { name: "m".into(), version: "2".into() }),
+            model: Some(ModelRef { name: "m".into(), version: "2".into(), ..Default::default() }),
             top_k: vec![
                 v1::Label { class_id: 1, name: "cat".into(), score: 0.4 },
                 v1::Label { class_id: 2, name: "dog".into(), score: 0.5 },

@@ -548,7 +548,7 @@ mod tests {
         Prediction {
             camera_id: camera.into(),
             frame_sequence: sequence,
-            model: Some(ModelRef { name: "m".into(), version: "1".into() }),
+            model: Some(ModelRef { name: "m".into(), version: "1".into(), ..Default::default() }),
             top_k: vec![Label { class_id: 1, name: label.into(), score: 0.5 }],
             ..Default::default()
         }
