@@ -185,9 +185,14 @@
     if (c.model) li.title = 'by ' + c.model;
     const what = el('span', 'what');
     what.append(el('span', 'cam', c.camera), ' ');
-    if (c.previous) what.append(el('span', 'old', c.previous.name), ' → ');
-    what.append(el('span', 'new', c.current ? c.current.name : '?'));
-    if (c.current) what.append(' ', el('span', 'muted', pct(c.current.score)));
+    if (c.objects) {
+      // A detector's object event: what appeared (+) and what left (-).
+      what.append(el('span', 'new objects', c.objects));
+    } else {
+      if (c.previous) what.append(el('span', 'old', c.previous.name), ' → ');
+      what.append(el('span', 'new', c.current ? c.current.name : '?'));
+      if (c.current) what.append(' ', el('span', 'muted', pct(c.current.score)));
+    }
     li.append(el('span', 'time', c.time_ms ? clock(c.time_ms) : ''), what);
     if (fresh) feed.prepend(li); else feed.append(li);
     while (feed.children.length > MAX_CHANGES) feed.lastElementChild.remove();

@@ -10,7 +10,7 @@
 //! - per camera and model, the prediction with the highest frame sequence seen (predictor
 //!   replicas publish out of order; it never steps back): a classifier's label, a detector's
 //!   objects (boxes, drawn over the video on the page and in the overlay);
-//! - a bounded ring of recent prediction changes;
+//! - a bounded ring of recent prediction changes (a detector's told as `+person -car`);
 //! - JSON events, serialised once and fanned out to event clients over a bounded broadcast
 //!   channel (a lagging client skips).
 //!

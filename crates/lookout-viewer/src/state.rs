@@ -21,7 +21,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use lookout_proto::v1::{Encoding, Frame, Label, ModelKind, Prediction, PredictionChange};
+use lookout_proto::{
+    objects,
+    v1::{Encoding, Frame, Label, ModelKind, Prediction, PredictionChange},
+};
 use serde::Serialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -184,6 +187,9 @@ pub struct ChangeInfo {
     pub model: String,
     /// Id of the stored change.
     pub change_id: i64,
+    /// A detector's object event in words (`+person -car`), when the change is one: the set of
+    /// classes present changed.
+    pub objects: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -551,6 +557,9 @@ impl ViewerState {
             current: change.current.as_ref().map(label_view),
             model: change.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
             change_id: change.change_id,
+            objects: change.current.as_ref().filter(|c| objects::is_present(c)).map(|c| {
+                objects::describe(change.previous.as_ref().map(|p| p.name.as_str()), &c.name)
+            }),
         };
         {
             let mut changes = self.inner.changes.lock().expect("not poisoned");
@@ -803,6 +812,19 @@ mod tests {
         assert_eq!(changes.len(), RECENT_CHANGES);
         assert_eq!(changes[0].sequence, RECENT_CHANGES as u64 + 9);
         assert_eq!(changes.last().unwrap().sequence, 10);
+    }
+
+    #[test]
+    fn an_object_event_is_told_in_words() {
+        let s = state();
+        s.on_change(&PredictionChange {
+            camera_id: "drive".into(),
+            frame_sequence: 3,
+            previous: Some(objects::present(["car"])),
+            current: Some(objects::present(["person"])),
+            ..Default::default()
+        });
+        assert_eq!(s.changes()[0].objects.as_deref(), Some("+person -car"));
     }
 
     #[test]
