@@ -37,7 +37,7 @@ broker:
     cargo run --release -p lookout -- broker
 
 # Every benchmark.
-bench: bench-bus bench-predictor bench-viewer bench-recorder bench-e2e
+bench: bench-bus bench-predictor bench-detector bench-viewer bench-recorder bench-e2e
 
 # Bus throughput, Lookout vs Python confluent-kafka, on the same broker in the same run.
 bench-bus:
@@ -47,6 +47,10 @@ bench-bus:
 # workers, threads and batches; pipeline vs bare model loop.
 bench-predictor:
     python3 bench/predictor/run.py
+
+# The object detector's per-frame cost and frames/s: tract against the ONNX Runtime backend.
+bench-detector:
+    python3 bench/predictor/detector.py
 
 # MJPEG fan-out: clients one viewer serves on one core, vs a Flask consumer-per-client design.
 bench-viewer:

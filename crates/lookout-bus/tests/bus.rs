@@ -17,8 +17,8 @@ use lookout_bus::{
 use lookout_proto::{
     BusMessage, Topic, timestamp,
     v1::{
-        BoundingBox, Detection, Encoding, Frame, Label, Level, LogRecord, ModelRef, Prediction,
-        PredictionChange, Timings,
+        BoundingBox, Detection, Encoding, Frame, Label, Level, LogRecord, ModelKind, ModelRef,
+        Prediction, PredictionChange, Timings,
     },
 };
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
@@ -88,7 +88,11 @@ async fn every_message_type_round_trips() {
     t.create_registry_topics().await;
     let now = timestamp(SystemTime::now());
     let label = |id, name: &str, score| Label { class_id: id, name: name.into(), score };
-    let model = ModelRef { name: "efficientnet-lite0".into(), version: "1".into() };
+    let model = ModelRef {
+        name: "efficientnet-lite0".into(),
+        version: "1".into(),
+        kind: ModelKind::Classification.into(),
+    };
 
     round_trip(
         &t,

@@ -3,6 +3,7 @@
 //! one setting of workers, threads and batch size. Run by `just bench-predictor`
 //! (`bench/predictor/run.py`), which runs every setting and Python onnxruntime beside it.
 //!
+//! `--model models/NAME` (default the classifier, `models/efficientnet-lite0`),
 //! `--backend tract|onnxruntime` (the latter needs `--features onnxruntime` and
 //! `ORT_DYLIB_PATH`), `--workers N`, `--threads N`, `--batch N`, `--iterations N` (per image, for
 //! the stages), `--frames N` (for the loops), `--no-stages`. Prints one JSON object per line.
@@ -17,7 +18,7 @@ use clap::Parser as _;
 use image::codecs::jpeg::JpegEncoder;
 use lookout_bus::{Bus, BusConfig, HandlerError, Incoming, embedded::EmbeddedBroker, topics};
 use lookout_predictor::{Args, PredictorArgs, model::Model};
-use lookout_proto::v1::{Encoding, Frame, Prediction};
+use lookout_proto::v1::{Encoding, Frame, Prediction, SkipReason};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,13 +51,14 @@ fn main() {
     let stages = !std::env::args().any(|a| a == "--no-stages");
     // The predictor's own options, from the same flags the service takes.
     let mut cli = vec!["lookout-predictor".to_owned()];
-    for name in ["--backend", "--workers", "--threads", "--batch"] {
+    for name in ["--model", "--backend", "--workers", "--threads", "--batch"] {
         if let Some(v) = flag(name) {
             cli.extend([name.to_owned(), v]);
         }
     }
     let mut args = Args::parse_from(cli).predictor;
-    args.model = repo("models/efficientnet-lite0/model.toml");
+    // A model named relative to the repository, default the classifier.
+    args.model = repo(&flag("--model").unwrap_or_else(|| "models/efficientnet-lite0".into()));
     args.max_frame_age = Duration::ZERO;
     let setting = format!(
         r#""backend":"{}","workers":{},"threads":{},"batch":{}"#,
@@ -75,7 +77,7 @@ fn main() {
 
     if stages {
         for (name, (bytes, _, _)) in &images {
-            let _ = model.classify(bytes, 5, &limits).expect("warm-up");
+            let _ = model.label(bytes, 5, &limits).expect("warm-up");
             let (mut d, mut p, mut i) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..iterations {
                 let t0 = Instant::now();
@@ -83,9 +85,9 @@ fn main() {
                 let t1 = Instant::now();
                 let input = model.preprocess(&img);
                 let t2 = Instant::now();
-                let scores = model.infer(&input).expect("infer");
+                let labels = model.infer(&input, 5).expect("infer");
                 let t3 = Instant::now();
-                std::hint::black_box(scores);
+                std::hint::black_box(labels);
                 d.push(t1 - t0);
                 p.push(t2 - t1);
                 i.push(t3 - t2);
@@ -127,7 +129,7 @@ fn bare_loop(
     let one = model.preprocess(&Model::decode(bytes, limits).expect("decode"));
     for worker in 0..workers {
         for n in [1, batch] {
-            model.infer_batch(worker, &one.repeat(n), n).expect("warm-up");
+            model.infer_batch(worker, &one.repeat(n), n, 5).expect("warm-up");
         }
     }
     // Workers take the next frames as they become free, as the service's workers do.
@@ -150,8 +152,8 @@ fn bare_loop(
                         let img = Model::decode(bytes, limits).expect("decode");
                         input.extend(model.preprocess(&img));
                     }
-                    let scores = model.infer_batch(worker, &input, n).expect("infer");
-                    std::hint::black_box(model.top_k(&scores[0], 5));
+                    let labels = model.infer_batch(worker, &input, n, 5).expect("infer");
+                    std::hint::black_box(labels);
                 }
             });
         }
@@ -191,7 +193,7 @@ async fn pipeline(args: PredictorArgs, images: &[(&str, Jpeg)], n: usize) -> f64
         move |p: Incoming<Prediction>| {
             let tx = tx.clone();
             async move {
-                assert!(!p.message.top_k.is_empty(), "every frame is labelled");
+                assert_eq!(p.message.skipped(), SkipReason::Unspecified, "every frame is labelled");
                 let at = p.message.predicted_time.as_ref().and_then(lookout_proto::system_time);
                 tx.send((p.message.frame_sequence, at.expect("predicted_time is set")))
                     .await

@@ -1,5 +1,5 @@
 //! From JPEG bytes to the model's input: decoding with limits, then one resize of the region the
-//! model keeps (the centre crop), normalised into the input tensor.
+//! model keeps (the centre crop, or the whole frame stretched), normalised into the input tensor.
 //!
 //! Memory per frame is bounded twice: the decoder refuses images over `max_pixels` (read from
 //! the header, before any pixel is decoded) and any allocation over the matching budget; and
@@ -11,7 +11,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder as _, ImageFormat, ImageReader, RgbImage};
 
-use crate::model::{Color, Filter, Layout, Manifest};
+use crate::model::{Color, Filter, Layout, Manifest, Resize};
 
 /// What a frame may be, checked before and while decoding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,8 +131,9 @@ pub(crate) fn input_hw(manifest: &Manifest) -> Result<(usize, usize), String> {
     }
 }
 
-/// Resizes the image so that its shorter side is `resize_shorter`, keeps the centre `h × w`,
-/// and normalises it into `out` (`3 × h × w` values) in the manifest's layout and colour order.
+/// Resizes the image so that its shorter side is `resize_shorter` and keeps the centre `h × w`
+/// (or, with `resize = "stretch"`, resizes the whole image to `h × w`), and normalises it into
+/// `out` (`3 × h × w` values) in the manifest's layout and colour order.
 /// Only the kept region is computed: the resize maps the matching source rectangle straight to
 /// `h × w` pixels.
 pub(crate) fn preprocess_into(manifest: &Manifest, img: &RgbImage, out: &mut [f32]) {
@@ -140,14 +141,11 @@ pub(crate) fn preprocess_into(manifest: &Manifest, img: &RgbImage, out: &mut [f3
     let (h, w) = input_hw(manifest).expect("validated at load");
     debug_assert_eq!(out.len(), 3 * h * w);
     let (iw, ih) = img.dimensions();
-    // The full resize would be (iw * scale) x (ih * scale), at least the input size.
-    let scale = f64::from(p.resize_shorter) / f64::from(iw.min(ih).max(1));
-    let rw = (f64::from(iw) * scale).round().max(w as f64);
-    let rh = (f64::from(ih) * scale).round().max(h as f64);
-    let (sx, sy) = (rw / f64::from(iw), rh / f64::from(ih));
-    // The crop's top-left corner in resized pixels, and the same rectangle in source pixels.
-    let (x0, y0) = (((rw as u32 - w as u32) / 2) as f64, ((rh as u32 - h as u32) / 2) as f64);
-    let crop = (x0 / sx, y0 / sy, w as f64 / sx, h as f64 / sy);
+    let crop = match (p.resize, p.resize_shorter) {
+        (Resize::Crop, Some(shorter)) => centre_crop((iw, ih), (w, h), shorter),
+        // The whole frame, stretched to the input.
+        _ => (0.0, 0.0, f64::from(iw), f64::from(ih)),
+    };
     let pixels = resize_crop(img, crop, w as u32, h as u32, p.filter);
     let bgr = manifest.input.color == Color::BGR;
     let channels: [(usize, f32, f32); 3] =
@@ -163,6 +161,19 @@ pub(crate) fn preprocess_into(manifest: &Manifest, img: &RgbImage, out: &mut [f3
             out[at] = v;
         }
     }
+}
+
+/// The source rectangle `(left, top, width, height)` that becomes the centre `w × h` of the
+/// frame resized so that its shorter side is `shorter`.
+fn centre_crop((iw, ih): (u32, u32), (w, h): (usize, usize), shorter: u32) -> (f64, f64, f64, f64) {
+    // The full resize would be (iw * scale) x (ih * scale), at least the input size.
+    let scale = f64::from(shorter) / f64::from(iw.min(ih).max(1));
+    let rw = (f64::from(iw) * scale).round().max(w as f64);
+    let rh = (f64::from(ih) * scale).round().max(h as f64);
+    let (sx, sy) = (rw / f64::from(iw), rh / f64::from(ih));
+    // The crop's top-left corner in resized pixels, and the same rectangle in source pixels.
+    let (x0, y0) = (((rw as u32 - w as u32) / 2) as f64, ((rh as u32 - h as u32) / 2) as f64);
+    (x0 / sx, y0 / sy, w as f64 / sx, h as f64 / sy)
 }
 
 /// Resizes the source rectangle `(left, top, width, height)` of `img` to `width × height`

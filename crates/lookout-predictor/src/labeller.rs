@@ -10,20 +10,23 @@ use std::{
 
 use bytes::Bytes;
 use lookout_bus::{HandlerError, Incoming, Publisher, Rejected};
-use lookout_proto::v1::{Encoding, Frame, Label, ModelRef, Prediction, SkipReason, Timings};
+use lookout_proto::v1::{
+    BoundingBox, Detection, Encoding, Frame, Label, ModelKind, ModelRef, Prediction, SkipReason,
+    Timings,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
     metrics as m,
-    model::{FrameError, FrameLimits, Model, Scored, StageTimes},
+    model::{FrameError, FrameLimits, Kind, Labels, Model, Scored, StageTimes},
     workers::Workers,
 };
 
 /// What became of one frame.
 #[derive(Debug)]
 enum Outcome {
-    Labelled { top: Vec<Scored>, times: StageTimes },
+    Labelled { labels: Labels, times: StageTimes },
     Skipped { reason: SkipReason, why: String, dead_letter: bool },
 }
 
@@ -111,7 +114,7 @@ impl Labeller {
         for (i, (incoming, outcome)) in batch.iter().zip(&outcomes).enumerate() {
             let frame = &incoming.message;
             match outcome {
-                Outcome::Labelled { top, times } => {
+                Outcome::Labelled { labels, times } => {
                     ::metrics::counter!(m::FRAMES, "outcome" => "labelled").increment(1);
                     ::metrics::histogram!(m::DECODE_SECONDS).record(times.decode.as_secs_f64());
                     ::metrics::histogram!(m::PREPROCESS_SECONDS)
@@ -125,8 +128,8 @@ impl Labeller {
                         ::metrics::histogram!(m::CAPTURE_TO_PREDICTED_SECONDS)
                             .record(latency.as_secs_f64());
                     }
-                    let best = &top[0];
-                    debug!(camera_id = %frame.camera_id, sequence = frame.sequence, label = %best.name, score = best.score, inference_ms = times.inference.as_millis() as u64, "labelled");
+                    let best = labels.top.first();
+                    debug!(camera_id = %frame.camera_id, sequence = frame.sequence, label = best.map(|b| b.name.as_str()), score = best.map(|b| b.score), objects = labels.objects.len(), inference_ms = times.inference.as_millis() as u64, "labelled");
                 }
                 Outcome::Skipped { reason, why, dead_letter } => {
                     ::metrics::counter!(m::FRAMES, "outcome" => outcome_label(*reason))
@@ -190,16 +193,31 @@ impl Labeller {
             model: Some(ModelRef {
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
+                kind: match manifest.kind {
+                    Kind::Classification => ModelKind::Classification,
+                    Kind::Detection => ModelKind::Detection,
+                }
+                .into(),
             }),
             predictor_instance: self.instance.clone(),
             predicted_time: Some(lookout_proto::timestamp(SystemTime::now())),
             ..Prediction::default()
         };
         match outcome {
-            Outcome::Labelled { top, times } => {
-                prediction.top_k = top
+            Outcome::Labelled { labels, times } => {
+                prediction.top_k = labels.top.iter().map(proto_label).collect();
+                prediction.detections = labels
+                    .objects
                     .iter()
-                    .map(|s| Label { class_id: s.class_id, name: s.name.clone(), score: s.score })
+                    .map(|o| Detection {
+                        r#box: Some(BoundingBox {
+                            x: o.bbox.xmin,
+                            y: o.bbox.ymin,
+                            width: o.bbox.xmax - o.bbox.xmin,
+                            height: o.bbox.ymax - o.bbox.ymin,
+                        }),
+                        label: Some(proto_label(&o.label)),
+                    })
                     .collect();
                 prediction.timings = Some(Timings {
                     decode: duration(times.decode),
@@ -280,7 +298,7 @@ fn infer(
     }
     let n = ready.len();
     let t0 = Instant::now();
-    let result = catch_unwind(AssertUnwindSafe(|| model.infer_batch(worker, input, n)));
+    let result = catch_unwind(AssertUnwindSafe(|| model.infer_batch(worker, input, n, k)));
     // Each frame's share of the run.
     let share = t0.elapsed() / n as u32;
     let result = match result {
@@ -290,10 +308,10 @@ fn infer(
         }
     };
     match result {
-        Ok(scores) => {
-            for ((i, mut times), scores) in ready.drain(..).zip(scores) {
+        Ok(labelled) => {
+            for ((i, mut times), labels) in ready.drain(..).zip(labelled) {
                 times.inference = share;
-                outcomes[i] = Some(Outcome::Labelled { top: model.top_k(&scores, k), times });
+                outcomes[i] = Some(Outcome::Labelled { labels, times });
             }
         }
         Err(e) => {
@@ -302,6 +320,10 @@ fn infer(
             }
         }
     }
+}
+
+fn proto_label(s: &Scored) -> Label {
+    Label { class_id: s.class_id, name: s.name.clone(), score: s.score }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -1,15 +1,19 @@
 //! `lookout-predictor`: labels frames with an ONNX model and publishes predictions.
 //!
-//! The predictor is a member of consumer group `predictor` on `lookout.frames`. For each frame
-//! it decodes the JPEG within limits, resizes the region the model keeps (the centre crop) and
-//! normalises it as the model's manifest says ([`model::Manifest`]), runs the model with tract
-//! or ONNX Runtime ([`backend`]), applies softmax and publishes the top-k labels as a
-//! `Prediction` on `lookout.predictions`, keyed by camera and carrying the frame's sequence
-//! number. The frame's offset is stored only after the prediction was delivered.
+//! The predictor is a member of a consumer group (`predictor` by default) on `lookout.frames`.
+//! For each frame it decodes the JPEG within limits, resizes the region the model keeps (the
+//! centre crop, or the whole frame for a detector) and normalises it as the model's manifest
+//! says ([`model::Manifest`]), runs the model with tract or ONNX Runtime ([`backend`]) and
+//! publishes a `Prediction` on `lookout.predictions`, keyed by camera, carrying the frame's
+//! sequence number and the model's name: a classifier's top-k labels (softmax applied when
+//! the manifest says so), or a detector's objects (boxes in fractions of the frame, after
+//! per-class non-maximum suppression, [`detect`]) with the best score of each class found as
+//! its top-k. The frame's offset is stored only after the prediction was delivered.
 //!
-//! Modules: [`model`] (manifest, loading, classify), [`frame`] (decoding with limits and the
-//! crop-only resize), [`backend`] (tract, ONNX Runtime), `labeller` (the frames handler),
-//! `workers` (the labelling threads), [`metrics`].
+//! Modules: [`model`] (manifest, loading, labelling), [`detect`] (a detector's
+//! post-processing), [`frame`] (decoding with limits and the resize of the kept region),
+//! [`backend`] (tract, ONNX Runtime), `labeller` (the frames handler), `workers` (the
+//! labelling threads), [`metrics`].
 //!
 //! Scaling: frames of one camera are spread over all partitions of the frames topic, so `N`
 //! replicas (up to the partition count) share even a single camera's load. Within a replica,
@@ -24,6 +28,7 @@
 //! panic is skipped the same way and also dead-lettered; the service keeps running.
 
 pub mod backend;
+pub mod detect;
 pub mod frame;
 mod labeller;
 pub mod metrics;
@@ -189,6 +194,7 @@ pub async fn run(
     info!(
         model = %model.manifest().name,
         version = %model.manifest().version,
+        kind = model.manifest().kind.as_str(),
         classes = model.classes(),
         backend = model.backend().as_str(),
         workers = args.workers.max(1),

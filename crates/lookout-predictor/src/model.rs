@@ -8,10 +8,11 @@ use std::{
 use image::RgbImage;
 use serde::Deserialize;
 
+pub use crate::detect::{BBox, BoxLayout};
 pub use crate::frame::{FrameError, FrameLimits};
 use crate::{
     backend::{self, BackendKind, Engine, EngineOptions},
-    frame,
+    detect, frame,
 };
 
 /// Errors loading a model. Each names the file it concerns.
@@ -110,7 +111,8 @@ pub struct Manifest {
     pub version: String,
     /// ONNX file, relative to the manifest.
     pub file: PathBuf,
-    /// Labels file (one per line, line number = class id), relative to the manifest.
+    /// Labels file, relative to the manifest: one label per line (line number = class id), or
+    /// `id<TAB>label` lines (ids may have gaps).
     pub labels: PathBuf,
     /// The engine used unless `--backend` says otherwise (default tract).
     #[serde(default)]
@@ -121,8 +123,12 @@ pub struct Manifest {
     pub input: Input,
     /// Image preprocessing.
     pub preprocess: Preprocess,
-    /// The output tensor.
-    pub output: Output,
+    /// A classifier's output tensor (`kind = "classification"`).
+    #[serde(default)]
+    pub output: Option<Output>,
+    /// A detector's output tensors and post-processing (`kind = "detection"`).
+    #[serde(default)]
+    pub detection: Option<Detection>,
 }
 
 /// What the model outputs.
@@ -131,8 +137,18 @@ pub struct Manifest {
 pub enum Kind {
     /// One score per label.
     Classification,
-    /// Boxes with labels (reserved; not supported yet).
+    /// Boxes with labels: one score per anchor and class, one box per anchor.
     Detection,
+}
+
+impl Kind {
+    /// The name used in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::Detection => "detection",
+        }
+    }
 }
 
 /// Input tensor description.
@@ -171,14 +187,32 @@ pub enum Color {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
-    /// Resize the shorter side to this, then centre-crop to the input size.
-    pub resize_shorter: u32,
+    /// How the frame becomes the input's H x W.
+    #[serde(default)]
+    pub resize: Resize,
+    /// With [`Resize::Crop`]: resize the shorter side to this, then centre-crop to the input
+    /// size.
+    #[serde(default)]
+    pub resize_shorter: Option<u32>,
     /// Resize filter.
     pub filter: Filter,
     /// Per-channel mean, pixel values 0..=255.
     pub mean: [f32; 3],
     /// Per-channel standard deviation.
     pub std: [f32; 3],
+}
+
+/// How the frame is fitted to the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Resize the shorter side to `resize_shorter` keeping the aspect ratio, then keep the
+    /// centre (a classifier's usual preprocessing).
+    #[default]
+    Crop,
+    /// Resize the whole frame to the input's size, without keeping the aspect ratio (how SSD
+    /// detectors are trained; boxes are then fractions of the whole frame).
+    Stretch,
 }
 
 /// Resize filter.
@@ -207,6 +241,52 @@ pub struct Output {
     pub softmax: bool,
 }
 
+/// A detector's outputs and post-processing ([`crate::detect`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detection {
+    /// Output with one score (a probability) per anchor and class: `[1, anchors, classes]`.
+    pub scores: String,
+    /// Output with one box per anchor: `[1, anchors, 4]` (or `[1, anchors, 1, 4]`), in
+    /// fractions of the input.
+    pub boxes: String,
+    /// How a box's four values are ordered.
+    pub box_layout: BoxLayout,
+    /// The class id that means "no object" (never reported).
+    #[serde(default)]
+    pub background_class: Option<u32>,
+    /// Lowest score reported.
+    pub score_threshold: f32,
+    /// Per-class non-maximum suppression: of two boxes of one class overlapping more than
+    /// this (intersection over union), the lower-scoring one is dropped.
+    pub iou_threshold: f32,
+    /// Most objects reported per frame.
+    pub max_detections: usize,
+}
+
+impl Detection {
+    fn settings(&self) -> detect::Settings {
+        detect::Settings {
+            layout: self.box_layout,
+            background: self.background_class,
+            score_threshold: self.score_threshold,
+            iou_threshold: self.iou_threshold,
+            max_detections: self.max_detections,
+        }
+    }
+}
+
+impl Manifest {
+    /// The graph outputs the model is read from, in the order the engines return them.
+    pub fn output_names(&self) -> Vec<&str> {
+        match (self.kind, &self.output, &self.detection) {
+            (Kind::Classification, Some(o), _) => vec![o.name.as_str()],
+            (Kind::Detection, _, Some(d)) => vec![d.scores.as_str(), d.boxes.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// One scored class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
@@ -216,6 +296,25 @@ pub struct Scored {
     pub name: String,
     /// Probability.
     pub score: f32,
+}
+
+/// One object a detector found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    /// Its class and score.
+    pub label: Scored,
+    /// Where, in fractions of the frame (the input is the whole frame, stretched).
+    pub bbox: BBox,
+}
+
+/// What the model says about one image.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Labels {
+    /// A classifier's best classes; a detector's classes found, each with its best score.
+    /// Best first.
+    pub top: Vec<Scored>,
+    /// A detector's objects, best first; empty for a classifier.
+    pub objects: Vec<Object>,
 }
 
 /// Time spent per stage.
@@ -232,7 +331,8 @@ pub struct StageTimes {
 /// A loaded, optimised model, ready to run. Cheap to share between threads.
 pub struct Model {
     manifest: Manifest,
-    labels: Vec<String>,
+    /// Label of each class id (a detector's labels may have gaps).
+    labels: Vec<Option<String>>,
     engine: Box<dyn Engine>,
     backend: BackendKind,
     path: PathBuf,
@@ -243,6 +343,7 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model")
             .field("name", &self.manifest.name)
             .field("version", &self.manifest.version)
+            .field("kind", &self.manifest.kind)
             .field("path", &self.path)
             .field("labels", &self.labels.len())
             .field("engine", &self.engine)
@@ -270,21 +371,8 @@ impl Model {
             path: manifest_path.clone(),
             message: e.to_string(),
         })?;
-        let invalid =
-            |message: String| ModelError::Manifest { path: manifest_path.clone(), message };
-        if manifest.kind != Kind::Classification {
-            return Err(invalid("only kind = \"classification\" is supported".into()));
-        }
-        let (h, w) = frame::input_hw(&manifest).map_err(invalid)?;
-        if manifest.preprocess.resize_shorter < h.max(w) as u32 {
-            return Err(invalid(format!(
-                "resize_shorter = {} is smaller than the input size {h}x{w}",
-                manifest.preprocess.resize_shorter
-            )));
-        }
-        if manifest.preprocess.std.contains(&0.0) {
-            return Err(invalid("std must not be 0".into()));
-        }
+        check_manifest(&manifest)
+            .map_err(|message| ModelError::Manifest { path: manifest_path.clone(), message })?;
         Ok((manifest, manifest_path))
     }
 
@@ -298,20 +386,37 @@ impl Model {
             return Err(ModelError::ModelFileMissing { path: model_path, manifest: manifest_path });
         }
         let labels_path = dir.join(&manifest.labels);
-        let labels: Vec<String> = std::fs::read_to_string(&labels_path)
-            .map_err(|source| ModelError::Labels { path: labels_path.clone(), source })?
-            .lines()
-            .map(|l| l.trim().to_owned())
-            .collect();
+        let text = std::fs::read_to_string(&labels_path)
+            .map_err(|source| ModelError::Labels { path: labels_path.clone(), source })?;
+        let mut labels = parse_labels(&text);
         let backend = options.backend.or(manifest.backend).unwrap_or(BackendKind::Tract);
         let loaded = backend::load(&manifest, &model_path, backend, options)?;
-        if loaded.outputs != labels.len() {
-            return Err(ModelError::LabelCount {
-                model: model_path,
-                labels_path,
-                labels: labels.len(),
-                outputs: loaded.outputs,
-            });
+        let mismatch =
+            |message: String| ModelError::Mismatch { model: model_path.clone(), message };
+        match manifest.kind {
+            Kind::Classification => {
+                let outputs: usize = loaded.outputs[0].iter().product();
+                if outputs != labels.len() {
+                    return Err(ModelError::LabelCount {
+                        model: model_path,
+                        labels_path,
+                        labels: labels.len(),
+                        outputs,
+                    });
+                }
+            }
+            Kind::Detection => {
+                let classes = detection_classes(&manifest, &loaded.outputs).map_err(mismatch)?;
+                if labels.len() > classes {
+                    let id = labels.len() - 1;
+                    return Err(mismatch(format!(
+                        "labels file {} names class id {id}, but the scores output has {classes} \
+                         classes",
+                        labels_path.display()
+                    )));
+                }
+                labels.resize(classes, None);
+            }
         }
         Ok(Self { manifest, labels, engine: loaded.engine, backend, path: model_path })
     }
@@ -321,7 +426,7 @@ impl Model {
         &self.manifest
     }
 
-    /// The number of classes.
+    /// The number of classes the model scores.
     pub fn classes(&self) -> usize {
         self.labels.len()
     }
@@ -361,66 +466,235 @@ impl Model {
     }
 
     /// Runs the model on `batch` prepared images (one after another in `input`) with worker
-    /// `worker`'s state, and returns the probabilities of each class, per image.
+    /// `worker`'s state, and returns what it says about each: a classifier's `k` best
+    /// classes, a detector's objects and the best score of each class found (at most `k`).
     pub fn infer_batch(
         &self,
         worker: usize,
         input: &[f32],
         batch: usize,
-    ) -> Result<Vec<Vec<f32>>, FrameError> {
+        k: usize,
+    ) -> Result<Vec<Labels>, FrameError> {
         debug_assert_eq!(input.len(), batch * self.input_len());
         let raw = self.engine.run(worker, input, batch).map_err(FrameError::Inference)?;
+        debug_assert_eq!(raw.len(), self.manifest.output_names().len(), "one vector per output");
         let classes = self.labels.len();
-        if raw.len() != batch * classes {
-            return Err(FrameError::Inference(format!(
-                "the model returned {} values for {batch} images of {classes} classes",
-                raw.len()
-            )));
-        }
-        Ok(raw
-            .chunks_exact(classes)
-            .map(|scores| {
-                let mut scores = scores.to_vec();
-                if self.manifest.output.softmax {
-                    softmax(&mut scores);
-                }
-                scores
+        // Values of each output per image.
+        let per_image = raw
+            .iter()
+            .map(|output| {
+                let n = output.len();
+                n.is_multiple_of(batch).then_some(n / batch).ok_or_else(|| {
+                    FrameError::Inference(format!(
+                        "the model returned {n} values for {batch} images"
+                    ))
+                })
             })
-            .collect())
+            .collect::<Result<Vec<usize>, _>>()?;
+        match (self.manifest.kind, &self.manifest.detection) {
+            (Kind::Detection, Some(detection)) => {
+                let (scores, boxes) = (&raw[0], &raw[1]);
+                let (anchors, box_anchors) = (per_image[0] / classes, per_image[1] / 4);
+                if per_image[0] != anchors * classes || box_anchors != anchors {
+                    return Err(FrameError::Inference(format!(
+                        "the model returned {} scores and {} box values per image for {classes} \
+                         classes",
+                        per_image[0], per_image[1]
+                    )));
+                }
+                let named: Vec<bool> = self.labels.iter().map(Option::is_some).collect();
+                let settings = detection.settings();
+                Ok(scores
+                    .chunks_exact(per_image[0])
+                    .zip(boxes.chunks_exact(per_image[1]))
+                    .map(|(s, b)| {
+                        let found = detect::detect(s, b, classes, &named, &settings);
+                        self.objects(&found, k)
+                    })
+                    .collect())
+            }
+            _ => {
+                if per_image[0] != classes {
+                    return Err(FrameError::Inference(format!(
+                        "the model returned {} values per image for {classes} classes",
+                        per_image[0]
+                    )));
+                }
+                let softmax_wanted = self.manifest.output.as_ref().is_some_and(|o| o.softmax);
+                Ok(raw[0]
+                    .chunks_exact(classes)
+                    .map(|scores| {
+                        let mut scores = scores.to_vec();
+                        if softmax_wanted {
+                            softmax(&mut scores);
+                        }
+                        Labels { top: self.top_k(&scores, k), objects: Vec::new() }
+                    })
+                    .collect())
+            }
+        }
     }
 
-    /// Runs the model on one prepared image and returns the probability of each class.
-    pub fn infer(&self, input: &[f32]) -> Result<Vec<f32>, FrameError> {
-        Ok(self.infer_batch(0, input, 1)?.remove(0))
+    /// Runs the model on one prepared image; see [`Model::infer_batch`].
+    pub fn infer(&self, input: &[f32], k: usize) -> Result<Labels, FrameError> {
+        Ok(self.infer_batch(0, input, 1, k)?.remove(0))
     }
 
-    /// The `k` best classes.
-    pub fn top_k(&self, scores: &[f32], k: usize) -> Vec<Scored> {
+    fn scored(&self, class_id: u32, score: f32) -> Scored {
+        let name = self.labels[class_id as usize].clone().unwrap_or_default();
+        Scored { class_id, name, score }
+    }
+
+    /// The `k` best classes of a classifier.
+    fn top_k(&self, scores: &[f32], k: usize) -> Vec<Scored> {
         let mut idx: Vec<usize> = (0..scores.len()).collect();
         idx.sort_unstable_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-        idx.into_iter()
-            .take(k)
-            .map(|i| Scored { class_id: i as u32, name: self.labels[i].clone(), score: scores[i] })
-            .collect()
+        idx.into_iter().take(k).map(|i| self.scored(i as u32, scores[i])).collect()
     }
 
-    /// Decode, preprocess and infer one JPEG, timing each stage.
-    pub fn classify(
+    /// A detector's objects, and the best score of each class found as its top `k`.
+    fn objects(&self, found: &[detect::Found], k: usize) -> Labels {
+        let top = detect::best_per_class(found)
+            .into_iter()
+            .take(k)
+            .map(|(class_id, score)| self.scored(class_id, score))
+            .collect();
+        let objects = found
+            .iter()
+            .map(|f| Object { label: self.scored(f.class_id, f.score), bbox: f.bbox })
+            .collect();
+        Labels { top, objects }
+    }
+
+    /// Decode, preprocess and infer one JPEG, timing each stage; see [`Model::infer_batch`].
+    pub fn label(
         &self,
         bytes: &[u8],
         k: usize,
         limits: &FrameLimits,
-    ) -> Result<(Vec<Scored>, StageTimes), FrameError> {
+    ) -> Result<(Labels, StageTimes), FrameError> {
         let t0 = Instant::now();
         let img = Self::decode(bytes, limits)?;
         let t1 = Instant::now();
         let input = self.preprocess(&img);
         let t2 = Instant::now();
-        let scores = self.infer(&input)?;
+        let labels = self.infer(&input, k)?;
         let t3 = Instant::now();
         let times = StageTimes { decode: t1 - t0, preprocess: t2 - t1, inference: t3 - t2 };
-        Ok((self.top_k(&scores, k), times))
+        Ok((labels, times))
     }
+}
+
+/// The manifest's own consistency: the sections its kind needs, sizes and thresholds.
+fn check_manifest(manifest: &Manifest) -> Result<(), String> {
+    let (h, w) = frame::input_hw(manifest)?;
+    let p = &manifest.preprocess;
+    match (p.resize, p.resize_shorter) {
+        (Resize::Crop, None) => {
+            return Err("resize = \"crop\" (the default) needs resize_shorter".into());
+        }
+        (Resize::Crop, Some(shorter)) if shorter < h.max(w) as u32 => {
+            return Err(format!(
+                "resize_shorter = {shorter} is smaller than the input size {h}x{w}"
+            ));
+        }
+        (Resize::Stretch, Some(_)) => {
+            return Err("resize_shorter applies to resize = \"crop\", not \"stretch\"".into());
+        }
+        _ => {}
+    }
+    if p.std.contains(&0.0) {
+        return Err("std must not be 0".into());
+    }
+    match manifest.kind {
+        Kind::Classification => {
+            if manifest.output.is_none() {
+                return Err("kind = \"classification\" needs an [output] section".into());
+            }
+            if manifest.detection.is_some() {
+                return Err("[detection] applies to kind = \"detection\"".into());
+            }
+        }
+        Kind::Detection => {
+            let Some(d) = &manifest.detection else {
+                return Err("kind = \"detection\" needs a [detection] section naming the scores \
+                            and boxes outputs"
+                    .into());
+            };
+            if manifest.output.is_some() {
+                return Err("[output] applies to kind = \"classification\"; a detector's outputs \
+                            are named in [detection]"
+                    .into());
+            }
+            if p.resize != Resize::Stretch {
+                return Err("kind = \"detection\" needs resize = \"stretch\": boxes are read as \
+                            fractions of the whole frame"
+                    .into());
+            }
+            if d.scores == d.boxes {
+                return Err("[detection] scores and boxes name the same output".into());
+            }
+            if !(0.0..=1.0).contains(&d.score_threshold) {
+                return Err(format!("score_threshold = {} is not in 0..=1", d.score_threshold));
+            }
+            if !(d.iou_threshold > 0.0 && d.iou_threshold <= 1.0) {
+                return Err(format!("iou_threshold = {} is not in (0, 1]", d.iou_threshold));
+            }
+            if d.max_detections == 0 {
+                return Err("max_detections must be at least 1".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A labels file: `id<TAB>label` lines when every line is one (a detector's ids have gaps),
+/// else one label per line, line number = class id.
+fn parse_labels(text: &str) -> Vec<Option<String>> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let with_ids: Option<Vec<(usize, &str)>> = lines
+        .iter()
+        .map(|l| {
+            let (id, name) = l.split_once('\t')?;
+            Some((id.trim().parse().ok()?, name.trim()))
+        })
+        .collect();
+    match with_ids {
+        Some(pairs) if !pairs.is_empty() => {
+            let len = pairs.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+            let mut labels = vec![None; len];
+            for (id, name) in pairs {
+                labels[id] = Some(name.to_owned());
+            }
+            labels
+        }
+        _ => text.lines().map(|l| Some(l.trim().to_owned())).collect(),
+    }
+}
+
+/// A detector's class count, from the shapes of its outputs (scores, boxes; batch of one):
+/// the scores' last dimension; the boxes must hold 4 values for each of the scores' anchors.
+fn detection_classes(manifest: &Manifest, shapes: &[Vec<usize>]) -> Result<usize, String> {
+    let names = manifest.output_names();
+    let (scores, boxes) = (&shapes[0], &shapes[1]);
+    let classes = scores.last().copied().unwrap_or(0);
+    let per_image: usize = scores.iter().product();
+    if scores.len() < 2 || classes < 2 {
+        return Err(format!(
+            "scores output {:?} has shape {scores:?}, not [1, anchors, classes]",
+            names[0]
+        ));
+    }
+    let anchors = per_image / classes;
+    let box_values: usize = boxes.iter().product();
+    if boxes.last() != Some(&4) || box_values != anchors * 4 {
+        return Err(format!(
+            "boxes output {:?} has shape {boxes:?}, not 4 values for each of the {anchors} anchors \
+             of scores output {:?} {scores:?}",
+            names[1], names[0]
+        ));
+    }
+    Ok(classes)
 }
 
 fn softmax(v: &mut [f32]) {

@@ -19,14 +19,17 @@ fn model() -> Model {
 fn the_cat_is_a_cat_and_the_coffee_is_espresso() {
     let model = model();
     let (cat, _, _) = common::sample_jpeg("chelsea.png");
-    let (top, _) = model.classify(&cat, 3, &LIMITS).unwrap();
+    let (labels, _) = model.label(&cat, 3, &LIMITS).unwrap();
+    assert!(labels.objects.is_empty(), "a classifier finds no objects");
+    let top = labels.top;
     let names: Vec<&str> = top.iter().map(|s| s.name.as_str()).collect();
     assert!(
         names.iter().any(|n| ["tiger cat", "Egyptian cat", "tabby", "tabby cat"].contains(n)),
         "a cat class in the top 3: {top:?}"
     );
     let (coffee, _, _) = common::sample_jpeg("coffee.png");
-    let (top, times) = model.classify(&coffee, 5, &LIMITS).unwrap();
+    let (labels, times) = model.label(&coffee, 5, &LIMITS).unwrap();
+    let top = labels.top;
     assert_eq!(top[0].name, "espresso", "{top:?}");
     assert!(top[0].score > 0.8, "{top:?}");
     assert!(top.windows(2).all(|w| w[0].score >= w[1].score), "sorted best first");
@@ -36,11 +39,11 @@ fn the_cat_is_a_cat_and_the_coffee_is_espresso() {
 #[test]
 fn corrupt_and_oversized_images_are_refused() {
     let model = model();
-    let err = model.classify(b"\xff\xd8\xff\xe0 definitely not a jpeg", 5, &LIMITS).unwrap_err();
+    let err = model.label(b"\xff\xd8\xff\xe0 definitely not a jpeg", 5, &LIMITS).unwrap_err();
     assert!(err.to_string().contains("decode"), "{err}");
     let (cat, w, h) = common::sample_jpeg("chelsea.png");
     let limits = FrameLimits { max_pixels: u64::from(w * h) - 1, ..LIMITS };
-    let err = model.classify(&cat, 5, &limits).unwrap_err();
+    let err = model.label(&cat, 5, &limits).unwrap_err();
     assert!(err.to_string().contains(&format!("{w}x{h}")), "{err}");
 }
 
@@ -138,13 +141,7 @@ mod onnxruntime {
     use super::*;
 
     fn options() -> EngineOptions {
-        let library = std::env::var_os("ORT_DYLIB_PATH").expect(
-            "ORT_DYLIB_PATH must name libonnxruntime.so.* of the onnxruntime wheel (README)",
-        );
-        EngineOptions {
-            onnxruntime_library: library.into(),
-            ..EngineOptions::new(BackendKind::Onnxruntime)
-        }
+        common::onnxruntime_options()
     }
 
     #[test]
@@ -155,8 +152,9 @@ mod onnxruntime {
         assert_eq!(ort.backend(), BackendKind::Onnxruntime);
         for photo in ["chelsea.png", "coffee.png", "rocket.jpg"] {
             let (jpeg, _, _) = common::sample_jpeg(photo);
-            let (a, _) = tract.classify(&jpeg, 5, &LIMITS).unwrap();
-            let (b, _) = ort.classify(&jpeg, 5, &LIMITS).unwrap();
+            let (a, _) = tract.label(&jpeg, 5, &LIMITS).unwrap();
+            let (b, _) = ort.label(&jpeg, 5, &LIMITS).unwrap();
+            let (a, b) = (a.top, b.top);
             let names = |t: &[lookout_predictor::model::Scored]| {
                 t.iter().map(|s| s.name.clone()).collect::<Vec<_>>()
             };

@@ -87,6 +87,50 @@ async fn next(rx: &mut mpsc::Receiver<Prediction>) -> Prediction {
     tokio::time::timeout(EVENT_TIMEOUT, rx.recv()).await.expect("a prediction arrives").unwrap()
 }
 
+/// The detector as a service: `--model models/ssdlite-mobilenet-v2-coco` is all it takes; its
+/// predictions carry the boxes in fractions of the frame, and say they come from a detector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_publishes_boxes_in_frame_fractions() {
+    let t = TestBus::start();
+    t.create_registry_topics().await;
+    let shutdown = CancellationToken::new();
+    let mut args = PredictorArgs::for_model(common::repo("models/ssdlite-mobilenet-v2-coco"));
+    args.max_frame_age = Duration::from_secs(60);
+    args.group = "detector".into();
+    let detector =
+        tokio::spawn(lookout_predictor::run(args, t.bus("lookout-detector"), shutdown.clone()));
+    let mut predictions = collect_predictions(&t, shutdown.clone()).await;
+
+    let frames = t.bus("lookout-camera").publisher(&topics::FRAMES);
+    frames.send(&frame("cam", 1, &common::sample_jpeg("chelsea.png"))).await.unwrap();
+    frames.send(&frame("cam", 2, &common::sample_jpeg("rocket.jpg"))).await.unwrap();
+    let mut by_sequence = BTreeMap::new();
+    while by_sequence.len() < 2 {
+        let p = next(&mut predictions).await;
+        by_sequence.insert(p.frame_sequence, p);
+    }
+    let cat = &by_sequence[&1];
+    let model = cat.model.clone().unwrap();
+    assert_eq!(model.name, "ssdlite-mobilenet-v2-coco");
+    assert_eq!(model.kind(), lookout_proto::v1::ModelKind::Detection);
+    assert_eq!(cat.skipped(), SkipReason::Unspecified);
+    let found = &cat.detections[0];
+    assert_eq!(found.label.as_ref().unwrap().name, "cat", "{cat:?}");
+    assert_eq!(cat.top_k[0].name, "cat", "the best class found is the top label");
+    // The provenance's box, [1, 3, 403, 298] of 451x300, as fractions of the frame.
+    let b = found.r#box.unwrap();
+    let want = [1.0 / 451.0, 3.0 / 300.0, 402.0 / 451.0, 295.0 / 300.0];
+    for (got, want) in [b.x, b.y, b.width, b.height].into_iter().zip(want) {
+        assert!((got - want).abs() < 0.015, "box {b:?}, expected about {want:?}");
+    }
+    let rocket = &by_sequence[&2];
+    assert_eq!(rocket.skipped(), SkipReason::Unspecified, "labelled, nothing found");
+    assert!(rocket.detections.is_empty() && rocket.top_k.is_empty(), "{rocket:?}");
+
+    shutdown.cancel();
+    detector.await.unwrap().expect("the detector stops cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_photos_are_labelled_and_every_other_frame_gets_a_skipped_prediction() {
     let t = TestBus::start();

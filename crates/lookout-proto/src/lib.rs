@@ -31,6 +31,7 @@
 
 use std::sync::LazyLock;
 
+pub mod objects;
 pub mod topics;
 
 pub use topics::{BusMessage, Partitioning, Retention, Topic, TopicSpec};

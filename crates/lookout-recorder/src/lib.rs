@@ -4,7 +4,8 @@
 //!
 //! - [`detector`]: change detection per camera and model, pure and deterministic: a bounded
 //!   reorder window restores frame order, then a label must hold `--min-frames` frames with
-//!   score ≥ `--min-score` to be a change.
+//!   score ≥ `--min-score` to be a change. A detector's label is the set of classes present
+//!   (`lookout_proto::objects`), so its changes are object events: a class appeared or left.
 //! - [`store`]: sqlx storage, Postgres or SQLite, migrations embedded; the detector's state is
 //!   stored in the same transaction as the changes it decides.
 //! - [`snapshots`]: the frames topic, read without a consumer group into a bounded buffer, and

@@ -874,11 +874,18 @@ pub fn observation(p: &Prediction) -> Result<(StreamKey, Observation), String> {
     check_text("model name", &model.name)?;
     check_text("model version", &model.version)?;
     let skipped = p.skipped() != PredictorSkip::Unspecified;
-    let top1 = p
-        .top_k
-        .iter()
-        .reduce(|best, l| if l.score > best.score { l } else { best })
-        .map(|l| Label { class_id: l.class_id, name: l.name.clone(), score: l.score });
+    let top1 = if model.kind() == v1::ModelKind::Detection {
+        // A detector's "label" is the set of classes present (empty: nothing is there), so a
+        // change is an object event: a class appeared or left.
+        let names = p.detections.iter().filter_map(|d| d.label.as_ref()).map(|l| l.name.as_str());
+        let set = lookout_proto::objects::present(names);
+        Some(Label { class_id: set.class_id, name: set.name, score: set.score })
+    } else {
+        p.top_k
+            .iter()
+            .reduce(|best, l| if l.score > best.score { l } else { best })
+            .map(|l| Label { class_id: l.class_id, name: l.name.clone(), score: l.score })
+    };
     if let Some(l) = &top1 {
         check_text("label", &l.name)?;
     }
@@ -904,6 +911,7 @@ pub fn change_event(c: &StoredChange) -> PredictionChange {
         model: Some(ModelRef {
             name: c.key.model_name.clone(),
             version: c.key.model_version.clone(),
+            ..ModelRef::default()
         }),
         time: Some(lookout_proto::timestamp_from_millis(c.capture_time_ms)),
         change_id: c.change_id,
@@ -921,7 +929,7 @@ mod tests {
             camera_id: "lobby".into(),
             frame_sequence: 42,
             capture_time: Some(lookout_proto::timestamp_from_millis(1_700_000_000_123)),
-            model: Some(ModelRef { name: "m".into(), version: "2".into() }),
+            model: Some(ModelRef { name: "m".into(), version: "2".into(), ..Default::default() }),
             top_k: vec![
                 v1::Label { class_id: 1, name: "cat".into(), score: 0.4 },
                 v1::Label { class_id: 2, name: "dog".into(), score: 0.5 },
@@ -938,6 +946,36 @@ mod tests {
         let skipped = Prediction { skipped: PredictorSkip::TooOld.into(), ..p.clone() };
         let (_, o) = observation(&skipped).unwrap();
         assert!(o.skipped && o.top1.is_none(), "no evidence");
+    }
+
+    #[test]
+    fn a_detector_prediction_is_the_set_of_classes_present() {
+        let found = |names: &[&str]| Prediction {
+            camera_id: "lobby".into(),
+            frame_sequence: 7,
+            model: Some(ModelRef {
+                name: "d".into(),
+                version: "1".into(),
+                kind: v1::ModelKind::Detection.into(),
+            }),
+            detections: names
+                .iter()
+                .map(|n| v1::Detection {
+                    r#box: Some(v1::BoundingBox { x: 0.1, y: 0.1, width: 0.2, height: 0.2 }),
+                    label: Some(v1::Label { class_id: 1, name: (*n).into(), score: 0.6 }),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let (_, o) = observation(&found(&["person", "car", "person"])).unwrap();
+        let set = o.top1.unwrap();
+        assert_eq!((set.name.as_str(), set.class_id), ("car, person", u32::MAX));
+        let (_, o) = observation(&found(&[])).unwrap();
+        assert_eq!(o.top1.unwrap().name, "", "nothing there is a state too: the car left");
+        let skipped = Prediction { skipped: PredictorSkip::TooOld.into(), ..found(&["car"]) };
+        assert!(observation(&skipped).unwrap().1.top1.is_none(), "no evidence");
+        let nul = observation(&found(&["ca\0r"])).unwrap_err();
+        assert!(nul.contains("control"), "{nul}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-// Lookout viewer page: a tile per camera with its live MJPEG stream, the current label from
-// the event stream, fps and latency, and a feed of recent label changes. Plain JS, no build.
+// Lookout viewer page: a tile per camera with its live MJPEG stream, the current label and the
+// boxes of the objects detectors found (from the event stream), fps and latency, and a feed of
+// recent label changes. Plain JS, no build.
 'use strict';
 
 (() => {
@@ -9,8 +10,13 @@
   const MAX_LIVE_STREAMS = 4;
   const MAX_CHANGES = 50;
   const STALE_MS = 5000;
+  // A colour per class id, the same as the server-side overlay's (src/overlay.rs).
+  const CLASS_COLOURS = ['#3ddc84', '#4ea1ff', '#f0b429', '#f2555a', '#b48cff', '#2ad4d4',
+    '#ff8a3d', '#ff6fb5', '#a3d939', '#e6edf3', '#c08b5c', '#ffd6a5'];
 
   const overlay = new URLSearchParams(location.search).get('overlay');
+  // With the server-side overlay the boxes are in the image already.
+  const burnedIn = overlay !== null && overlay !== '0' && overlay !== 'false';
   const grid = document.getElementById('grid');
   const empty = document.getElementById('empty');
   const feed = document.getElementById('changes');
@@ -71,7 +77,9 @@
     const img = el('img');
     img.alt = 'Live view of ' + id;
     const badge = el('span', 'badge', 'LIVE');
-    video.append(img, badge);
+    const boxes = el('div', 'boxes');
+    boxes.hidden = burnedIn;
+    video.append(img, boxes, badge);
     const label = el('span', 'label none', 'waiting for a label');
     const score = el('span', 'score');
     const head = el('div', 'head');
@@ -89,8 +97,9 @@
     info.append(head, bar, meta);
     root.append(video, info);
 
-    t = { id, root, video, img, badge, label, score, fill, fps, latency, size,
-          seq: -1, labelSeq: -1, lastFrame: 0, live: live < MAX_LIVE_STREAMS, loading: false };
+    t = { id, root, video, img, badge, boxes, label, score, fill, fps, latency, size,
+          seq: -1, labelSeq: -1, objectSeqs: new Map(), lastFrame: 0, lastObjects: 0,
+          live: live < MAX_LIVE_STREAMS, loading: false };
     if (t.live) live += 1;
     img.addEventListener('load', () => { t.loading = false; });
     img.addEventListener('error', () => {
@@ -139,16 +148,51 @@
     t.fill.classList.toggle('low', p.score < 0.4);
   }
 
+  // A detector's objects in a frame: they replace that detector's boxes on the tile. Boxes
+  // are in fractions of the frame, which the video element shows whole (its aspect ratio is
+  // the frame's).
+  function onObjects(camera, o) {
+    const t = tile(camera);
+    const model = o.model || '';
+    if (o.sequence <= (t.objectSeqs.get(model) ?? -1)) return; // never step back
+    t.objectSeqs.set(model, o.sequence);
+    t.lastObjects = Date.now();
+    for (const b of [...t.boxes.children]) if (b.dataset.model === model) b.remove();
+    for (const d of o.objects) {
+      const box = el('div', 'box');
+      box.dataset.model = model;
+      box.dataset.label = d.name;
+      box.style.setProperty('--c', CLASS_COLOURS[d.class_id % CLASS_COLOURS.length]);
+      box.style.left = (d.x * 100) + '%';
+      box.style.top = (d.y * 100) + '%';
+      box.style.width = (d.width * 100) + '%';
+      box.style.height = (d.height * 100) + '%';
+      if (d.y < 0.08) box.classList.add('at-top');
+      box.title = d.name + ' ' + pct(d.score) + (model ? ' (' + model + ')' : '');
+      box.append(el('span', 'tag', d.name + ' ' + pct(d.score)));
+      t.boxes.append(box);
+    }
+    t.root.dataset.objects = o.objects.map((d) => d.name).join(',');
+    t.root.dataset.objectsSequence = String(o.sequence);
+  }
+
   function onChange(c, fresh) {
     const key = c.camera + '\u0000' + c.sequence;
     if (seenChanges.has(key)) return;
     seenChanges.add(key);
     const li = el('li', fresh ? 'fresh' : '');
+    li.dataset.model = c.model || '';
+    if (c.model) li.title = 'by ' + c.model;
     const what = el('span', 'what');
     what.append(el('span', 'cam', c.camera), ' ');
-    if (c.previous) what.append(el('span', 'old', c.previous.name), ' → ');
-    what.append(el('span', 'new', c.current ? c.current.name : '?'));
-    if (c.current) what.append(' ', el('span', 'muted', pct(c.current.score)));
+    if (c.objects) {
+      // A detector's object event: what appeared (+) and what left (-).
+      what.append(el('span', 'new objects', c.objects));
+    } else {
+      if (c.previous) what.append(el('span', 'old', c.previous.name), ' → ');
+      what.append(el('span', 'new', c.current ? c.current.name : '?'));
+      if (c.current) what.append(' ', el('span', 'muted', pct(c.current.score)));
+    }
     li.append(el('span', 'time', c.time_ms ? clock(c.time_ms) : ''), what);
     if (fresh) feed.prepend(li); else feed.append(li);
     while (feed.children.length > MAX_CHANGES) feed.lastElementChild.remove();
@@ -179,6 +223,7 @@
           }
         }
         if (c.label) onLabel(c.id, c.label);
+        for (const d of c.detections || []) onObjects(c.id, d);
       }
       for (const c of changes) onChange(c, false);
     } catch (e) {
@@ -193,6 +238,7 @@
     on('hello', (h) => clockSample(h.server_ms));
     on('frame', onFrame);
     on('prediction', (p) => onLabel(p.camera, { sequence: p.sequence, name: p.label, score: p.score, model: p.model }));
+    on('objects', (o) => onObjects(o.camera, o));
     on('change', (c) => onChange(c, true));
     events.onopen = () => {
       status.dataset.state = 'live';
@@ -217,6 +263,11 @@
         t.root.classList.add('stale');
         t.badge.textContent = 'NO SIGNAL';
         t.fps.textContent = '0.0 fps';
+      }
+      // No detector has spoken for a while: its boxes no longer say where things are.
+      if (t.lastObjects && now - t.lastObjects > STALE_MS && t.boxes.children.length) {
+        t.boxes.replaceChildren();
+        t.root.dataset.objects = '';
       }
     }
   }, 1000);

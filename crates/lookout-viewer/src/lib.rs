@@ -7,9 +7,10 @@
 //! - per camera, the newest frame in a `watch` slot: every MJPEG client takes the newest frame
 //!   when its connection is ready for more, so a slow client skips ahead instead of queueing
 //!   or slowing the others, and the JPEG bytes are shared, never copied per client;
-//! - per camera, the label of the prediction with the highest frame sequence seen (predictor
-//!   replicas publish out of order; the label never steps back);
-//! - a bounded ring of recent prediction changes;
+//! - per camera and model, the prediction with the highest frame sequence seen (predictor
+//!   replicas publish out of order; it never steps back): a classifier's label, a detector's
+//!   objects (boxes, drawn over the video on the page and in the overlay);
+//! - a bounded ring of recent prediction changes (a detector's told as `+person -car`);
 //! - JSON events, serialised once and fanned out to event clients over a bounded broadcast
 //!   channel (a lagging client skips).
 //!
@@ -42,8 +43,8 @@ pub use error::{ApiError, ViewerError};
 pub use http::app;
 pub use service::{Args, main};
 pub use state::{
-    CameraInfo, ChangeInfo, CurrentLabel, Event, LabelView, RECENT_CHANGES, ViewerConfig,
-    ViewerState,
+    CameraInfo, ChangeInfo, CurrentLabel, CurrentObjects, Event, LabelView, ObjectView,
+    RECENT_CHANGES, ViewerConfig, ViewerState,
 };
 
 /// The viewer's own options.
@@ -61,7 +62,8 @@ pub struct ViewerArgs {
     #[arg(long, env = "LOOKOUT_VIEWER_MAX_CAMERAS", default_value_t = 256)]
     pub max_cameras: usize,
 
-    /// Burn the label into streams unless a client asks for `?overlay=0`.
+    /// Burn the label and the detected boxes into streams unless a client asks for
+    /// `?overlay=0`.
     #[arg(long, env = "LOOKOUT_VIEWER_OVERLAY_DEFAULT")]
     pub overlay_default: bool,
 

@@ -3,8 +3,10 @@
 //! - Per camera a [`watch`] slot holds the newest frame: a client that falls behind skips to
 //!   whatever is newest when it is ready again, nothing queues per client, and the JPEG bytes
 //!   are shared (`Bytes`), never copied per client.
-//! - Per camera the current label is the prediction with the highest frame sequence seen;
-//!   predictions of replicas arrive out of order and an older one never replaces a newer one.
+//! - Per camera and model the current prediction is the one with the highest frame sequence
+//!   seen; predictions of replicas arrive out of order and an older one never replaces a newer
+//!   one. Models are kept apart: a classifier gives the camera's label, a detector its objects
+//!   (boxes), each model ordered on its own.
 //! - Recent prediction changes are kept in a bounded ring for `/api/changes`.
 //! - Events for `/api/events` are serialised once and fanned out over a bounded
 //!   [`broadcast`] channel; a lagging event client skips what it missed.
@@ -19,7 +21,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use lookout_proto::v1::{Encoding, Frame, Label, Prediction, PredictionChange};
+use lookout_proto::{
+    objects,
+    v1::{Encoding, Frame, Label, ModelKind, Prediction, PredictionChange},
+};
 use serde::Serialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -97,6 +102,39 @@ pub struct CurrentLabel {
     pub capture_ms: Option<i64>,
 }
 
+/// One object a detector found, in normalised frame coordinates (fractions of the frame's
+/// width and height, from its top-left corner).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectView {
+    /// Class id, for a colour per class.
+    pub class_id: u32,
+    /// Class name.
+    pub name: String,
+    /// Score in [0, 1].
+    pub score: f32,
+    /// Left edge.
+    pub x: f32,
+    /// Top edge.
+    pub y: f32,
+    /// Width.
+    pub width: f32,
+    /// Height.
+    pub height: f32,
+}
+
+/// The objects a detector found in a camera's newest frame it labelled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurrentObjects {
+    /// The frame sequence the objects were found in.
+    pub sequence: u64,
+    /// The detector's name.
+    pub model: String,
+    /// Capture time of that frame, Unix milliseconds.
+    pub capture_ms: Option<i64>,
+    /// The objects, best first; empty when nothing was found.
+    pub objects: Vec<ObjectView>,
+}
+
 /// What `/api/cameras` says about a camera.
 #[derive(Debug, Clone, Serialize)]
 pub struct CameraInfo {
@@ -114,8 +152,13 @@ pub struct CameraInfo {
     pub width: Option<u32>,
     /// Frame height in pixels.
     pub height: Option<u32>,
-    /// The label with the highest frame sequence seen.
+    /// The classifier's label with the highest frame sequence seen (of the first classifier
+    /// by name, when several label this camera).
     pub label: Option<CurrentLabel>,
+    /// The label of every classifier, by model name.
+    pub labels: Vec<CurrentLabel>,
+    /// The objects of every detector, by model name.
+    pub detections: Vec<CurrentObjects>,
 }
 
 /// A label in a change.
@@ -144,6 +187,9 @@ pub struct ChangeInfo {
     pub model: String,
     /// Id of the stored change.
     pub change_id: i64,
+    /// A detector's object event in words (`+person -car`), when the change is one: the set of
+    /// classes present changed.
+    pub objects: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -156,6 +202,13 @@ struct FrameEvent<'a> {
     height: u32,
     /// When the viewer sent the event, so a page can relate its clock to the viewer's.
     sent_ms: i64,
+}
+
+#[derive(Serialize)]
+struct ObjectsEvent<'a> {
+    camera: &'a str,
+    #[serde(flatten)]
+    objects: &'a CurrentObjects,
 }
 
 #[derive(Serialize)]
@@ -196,7 +249,8 @@ pub(crate) struct Camera {
     pub(crate) overlay: watch::Sender<Slot>,
     /// Wakes the overlay renderer when an overlay client arrives.
     pub(crate) overlay_wanted: Notify,
-    /// Bumped when the top label's name changes, so the overlay is redrawn at once.
+    /// Bumped when the top label's name or the classes of the objects found change, so the
+    /// overlay is redrawn at once.
     pub(crate) label_names: watch::Sender<u64>,
     pub(crate) renderer_started: AtomicBool,
     pub(crate) overlay_renders: AtomicU64,
@@ -208,7 +262,10 @@ struct Stats {
     arrivals: VecDeque<Instant>,
     received: Option<SystemTime>,
     last_frame_event: Option<Instant>,
-    label: Option<CurrentLabel>,
+    /// Per classifier (model name), its current label.
+    labels: BTreeMap<String, CurrentLabel>,
+    /// Per detector (model name), its current objects.
+    detections: BTreeMap<String, CurrentObjects>,
 }
 
 impl Camera {
@@ -230,9 +287,14 @@ impl Camera {
         self.frames.borrow().clone()
     }
 
-    /// The current label, if any.
+    /// The current label (of the first classifier by name), if any.
     pub(crate) fn label(&self) -> Option<CurrentLabel> {
-        self.stats.lock().expect("not poisoned").label.clone()
+        self.stats.lock().expect("not poisoned").labels.values().next().cloned()
+    }
+
+    /// The current objects of every detector.
+    pub(crate) fn detections(&self) -> Vec<CurrentObjects> {
+        self.stats.lock().expect("not poisoned").detections.values().cloned().collect()
     }
 
     /// Puts `frame` in the slot unless a frame with an equal or higher sequence is there.
@@ -272,7 +334,9 @@ impl Camera {
             received_ms: stats.received.map(lookout_proto::unix_millis),
             width: frame.as_ref().map(|f| f.width),
             height: frame.as_ref().map(|f| f.height),
-            label: stats.label.clone(),
+            label: stats.labels.values().next().cloned(),
+            labels: stats.labels.values().cloned().collect(),
+            detections: stats.detections.values().cloned().collect(),
         }
     }
 }
@@ -366,12 +430,17 @@ impl ViewerState {
         self.publish("frame", &event);
     }
 
-    /// Takes a prediction. Returns whether it became the camera's current label: only a
-    /// labelled (not skipped) prediction for a higher frame sequence than the current label's
-    /// does.
+    /// Takes a prediction. Returns whether it became its model's current prediction for the
+    /// camera: only a labelled (not skipped) prediction for a higher frame sequence than the
+    /// current one of the same model does. A classifier's gives the camera's label, a
+    /// detector's its objects (none, when it found nothing).
     pub fn on_prediction(&self, prediction: &Prediction) -> bool {
         // A skipped frame's prediction (too old, undecodable, …) has no label to show.
         let labelled = prediction.skipped() == lookout_proto::v1::SkipReason::Unspecified;
+        let detector = prediction.model.as_ref().is_some_and(|m| m.kind() == ModelKind::Detection);
+        if labelled && detector {
+            return self.on_detections(prediction);
+        }
         let Some(top) = prediction.top_k.first().filter(|_| labelled) else {
             metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "empty").increment(1);
             return false;
@@ -393,12 +462,13 @@ impl ViewerState {
         };
         let renamed = {
             let mut stats = camera.stats.lock().expect("not poisoned");
-            if stats.label.as_ref().is_some_and(|l| l.sequence >= label.sequence) {
+            let current = stats.labels.get(&label.model);
+            if current.is_some_and(|l| l.sequence >= label.sequence) {
                 metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "stale").increment(1);
                 return false;
             }
-            let renamed = stats.label.as_ref().is_none_or(|l| l.name != label.name);
-            stats.label = Some(label.clone());
+            let renamed = current.is_none_or(|l| l.name != label.name);
+            stats.labels.insert(label.model.clone(), label.clone());
             renamed
         };
         if renamed {
@@ -418,6 +488,61 @@ impl ViewerState {
         true
     }
 
+    /// A detector's prediction: its objects replace the camera's current ones of that model.
+    fn on_detections(&self, prediction: &Prediction) -> bool {
+        let Some(camera) = self.camera_or_insert(&prediction.camera_id) else {
+            return false;
+        };
+        let current = CurrentObjects {
+            sequence: prediction.frame_sequence,
+            model: prediction.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+            capture_ms: prediction
+                .capture_time
+                .as_ref()
+                .and_then(lookout_proto::system_time)
+                .map(lookout_proto::unix_millis),
+            objects: prediction
+                .detections
+                .iter()
+                .filter_map(|d| {
+                    let (b, l) = (d.r#box.as_ref()?, d.label.as_ref()?);
+                    Some(ObjectView {
+                        class_id: l.class_id,
+                        name: l.name.clone(),
+                        score: l.score,
+                        x: b.x,
+                        y: b.y,
+                        width: b.width,
+                        height: b.height,
+                    })
+                })
+                .collect(),
+        };
+        let classes = |o: &CurrentObjects| {
+            let mut names: Vec<&str> = o.objects.iter().map(|o| o.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            names.join("\n")
+        };
+        let renamed = {
+            let mut stats = camera.stats.lock().expect("not poisoned");
+            let before = stats.detections.get(&current.model);
+            if before.is_some_and(|o| o.sequence >= current.sequence) {
+                metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "stale").increment(1);
+                return false;
+            }
+            let renamed = before.is_none_or(|o| classes(o) != classes(&current));
+            stats.detections.insert(current.model.clone(), current.clone());
+            renamed
+        };
+        if renamed {
+            camera.label_names.send_modify(|n| *n += 1);
+        }
+        metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "applied").increment(1);
+        self.publish("objects", &ObjectsEvent { camera: &camera.id, objects: &current });
+        true
+    }
+
     /// Takes a prediction change (stored by the recorder). A change already kept is ignored.
     pub fn on_change(&self, change: &PredictionChange) {
         let info = ChangeInfo {
@@ -432,6 +557,9 @@ impl ViewerState {
             current: change.current.as_ref().map(label_view),
             model: change.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
             change_id: change.change_id,
+            objects: change.current.as_ref().filter(|c| objects::is_present(c)).map(|c| {
+                objects::describe(change.previous.as_ref().map(|p| p.name.as_str()), &c.name)
+            }),
         };
         {
             let mut changes = self.inner.changes.lock().expect("not poisoned");
@@ -464,9 +592,14 @@ impl ViewerState {
         self.inner.changes.lock().expect("not poisoned").iter().rev().cloned().collect()
     }
 
-    /// The current label of a camera.
+    /// The current label of a camera (of the first classifier by name).
     pub fn label(&self, camera: &str) -> Option<CurrentLabel> {
         self.camera(camera)?.label()
+    }
+
+    /// The current objects of a camera, per detector.
+    pub fn detections(&self, camera: &str) -> Vec<CurrentObjects> {
+        self.camera(camera).map(|c| c.detections()).unwrap_or_default()
     }
 
     /// How many overlay frames were rendered for a camera (once per frame, whatever the
@@ -548,7 +681,7 @@ mod tests {
         Prediction {
             camera_id: camera.into(),
             frame_sequence: sequence,
-            model: Some(ModelRef { name: "m".into(), version: "1".into() }),
+            model: Some(ModelRef { name: "m".into(), version: "1".into(), ..Default::default() }),
             top_k: vec![Label { class_id: 1, name: label.into(), score: 0.5 }],
             ..Default::default()
         }
@@ -595,6 +728,58 @@ mod tests {
         assert!(s.on_prediction(&prediction("cam", 12, "tabby")), "later frames still count");
     }
 
+    fn detected(camera: &str, sequence: u64, objects: &[&str]) -> Prediction {
+        use lookout_proto::v1::{BoundingBox, Detection};
+        Prediction {
+            camera_id: camera.into(),
+            frame_sequence: sequence,
+            model: Some(ModelRef {
+                name: "detector".into(),
+                version: "1".into(),
+                kind: ModelKind::Detection.into(),
+            }),
+            top_k: objects
+                .iter()
+                .map(|name| Label { class_id: 17, name: (*name).into(), score: 0.9 })
+                .collect(),
+            detections: objects
+                .iter()
+                .map(|name| Detection {
+                    r#box: Some(BoundingBox { x: 0.1, y: 0.2, width: 0.5, height: 0.6 }),
+                    label: Some(Label { class_id: 17, name: (*name).into(), score: 0.9 }),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_detector_gives_objects_and_leaves_the_classifier_label_alone() {
+        let s = state();
+        assert!(s.on_prediction(&prediction("cam", 10, "tabby")));
+        assert!(s.on_prediction(&detected("cam", 11, &["cat"])));
+        assert_eq!(s.label("cam").unwrap().name, "tabby", "the classifier's label stays");
+        let found = s.detections("cam");
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].model.as_str(), found[0].sequence), ("detector", 11));
+        let cat = &found[0].objects[0];
+        assert_eq!(
+            (cat.name.as_str(), cat.x, cat.y, cat.width, cat.height),
+            ("cat", 0.1, 0.2, 0.5, 0.6)
+        );
+        // Each model is ordered on its own: the classifier's frame 10 is not older than the
+        // detector's 11.
+        assert!(s.on_prediction(&prediction("cam", 11, "tiger cat")));
+        assert!(!s.on_prediction(&detected("cam", 9, &["dog"])), "objects never step back");
+        assert_eq!(s.detections("cam")[0].objects[0].name, "cat");
+        // Nothing found: the boxes go.
+        assert!(s.on_prediction(&detected("cam", 12, &[])));
+        assert!(s.detections("cam")[0].objects.is_empty());
+        assert_eq!(s.label("cam").unwrap().name, "tiger cat");
+        let info = &s.cameras()[0];
+        assert_eq!((info.labels.len(), info.detections.len()), (1, 1));
+    }
+
     #[test]
     fn non_jpeg_frames_and_cameras_beyond_the_limit_are_dropped() {
         let s = ViewerState::new(
@@ -630,6 +815,19 @@ mod tests {
     }
 
     #[test]
+    fn an_object_event_is_told_in_words() {
+        let s = state();
+        s.on_change(&PredictionChange {
+            camera_id: "drive".into(),
+            frame_sequence: 3,
+            previous: Some(objects::present(["car"])),
+            current: Some(objects::present(["person"])),
+            ..Default::default()
+        });
+        assert_eq!(s.changes()[0].objects.as_deref(), Some("+person -car"));
+    }
+
+    #[test]
     fn fps_counts_arrivals_in_the_window() {
         let mut stats = Stats::default();
         let start = Instant::now();
@@ -657,5 +855,12 @@ mod tests {
         assert_eq!(second.kind, "prediction", "frames within 250 ms send no more frame events");
         let v: serde_json::Value = serde_json::from_str(&second.data).unwrap();
         assert_eq!(v["label"], "espresso");
+        s.on_prediction(&detected("cam", 20, &["cup"]));
+        let third = events.recv().await.unwrap();
+        assert_eq!(third.kind, "objects");
+        let v: serde_json::Value = serde_json::from_str(&third.data).unwrap();
+        assert_eq!((v["camera"].as_str(), v["model"].as_str()), (Some("cam"), Some("detector")));
+        assert_eq!(v["objects"][0]["name"], "cup");
+        assert_eq!(v["objects"][0]["width"], 0.5);
     }
 }

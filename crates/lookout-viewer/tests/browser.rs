@@ -1,5 +1,5 @@
-//! The whole live path in a real browser: embedded broker, the real predictor, the viewer, and
-//! headless Chromium (Debian's `chromium`, driven by the npm package `playwright-core`, which
+//! The whole live path in a real browser: embedded broker, the real predictors (the classifier
+//! and the detector, each its own consumer group), the viewer, and headless Chromium (Debian's `chromium`, driven by the npm package `playwright-core`, which
 //! this test installs under the target directory) opening the page.
 //!
 //! Needs `/usr/bin/chromium` (or `LOOKOUT_CHROMIUM`), `node` and `npm`; `.ci/run` installs
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use image::{codecs::jpeg::JpegEncoder, imageops::FilterType};
 use lookout_bus::{Bus, HandlerError, Incoming, topics};
 use lookout_predictor::PredictorArgs;
-use lookout_proto::v1::{Prediction, PredictionChange};
+use lookout_proto::v1::{Prediction, PredictionChange, SkipReason};
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
 use lookout_viewer::ViewerArgs;
 use tokio::net::TcpListener;
@@ -88,38 +88,46 @@ fn camera_jpeg(name: &str) -> (Bytes, u32, u32) {
     (Bytes::from(buf), 640, 480)
 }
 
-/// Two cameras: `lobby` alternates between the coffee and the cat photo every 4 s (labels
-/// come through one more hop than frames, so they lag; 4 s leaves time for them to agree),
-/// `pad` shows the rocket.
+/// Two cameras: `lobby` alternates between the coffee and the cat photo every 6 s (labels and
+/// boxes come through one more hop than frames, so they lag, the detector's most; 6 s leaves
+/// time for them to agree on a loaded machine),
+/// `kitchen` shows the coffee all the time (its label and boxes always match its image, however
+/// late they come).
 async fn cameras(bus: Bus, shutdown: CancellationToken) {
     let frames = bus.publisher(&topics::FRAMES);
     let lobby = [camera_jpeg("coffee.png"), camera_jpeg("chelsea.png")];
-    let rocket = camera_jpeg("rocket.jpg");
+    let kitchen = camera_jpeg("coffee.png");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     for i in 0u64.. {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let photo = &lobby[(i / 16 % 2) as usize];
+        let photo = &lobby[(i / 24 % 2) as usize];
         frames.send(&frame("lobby", i, photo)).await.expect("frame published");
         if i % 2 == 0 {
-            frames.send(&frame("pad", i / 2, &rocket)).await.expect("frame published");
+            frames.send(&frame("kitchen", i / 2, &kitchen)).await.expect("frame published");
         }
     }
 }
 
-/// Stands in for the recorder: publishes a change whenever a camera's top label changes.
+/// Per camera and model name, the newest prediction and its frame sequence.
+type Newest = HashMap<(String, String), (u64, Prediction)>;
+
+/// Stands in for the recorder: publishes a change whenever a camera's top label changes, per
+/// model; predictions without a label (skipped, or a detector that found nothing) change
+/// nothing.
 async fn changes(bus: Bus, shutdown: CancellationToken) {
     let publisher = bus.publisher(&topics::CHANGES);
-    let current: Arc<Mutex<HashMap<String, (u64, Prediction)>>> = Arc::default();
+    let current: Arc<Mutex<Newest>> = Arc::default();
     let ids = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let handler = move |p: Incoming<Prediction>| {
         let p = p.message;
         let mut change = None;
-        {
+        if p.skipped() == SkipReason::Unspecified && !p.top_k.is_empty() {
             let mut current = current.lock().unwrap();
-            let previous = current.get(&p.camera_id);
+            let key = (p.camera_id.clone(), p.model.clone().unwrap_or_default().name);
+            let previous = current.get(&key);
             if previous.is_none_or(|(seq, _)| *seq < p.frame_sequence) {
                 let before = previous.and_then(|(_, b)| b.top_k.first().cloned());
                 let now = p.top_k.first().cloned();
@@ -135,7 +143,7 @@ async fn changes(bus: Bus, shutdown: CancellationToken) {
                         snapshot_missing: false,
                     });
                 }
-                current.insert(p.camera_id.clone(), (p.frame_sequence, p));
+                current.insert(key, (p.frame_sequence, p));
             }
         }
         let publisher = publisher.clone();
@@ -171,6 +179,14 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
         t.bus("lookout-predictor"),
         shutdown.clone(),
     ));
+    let mut detector_args = PredictorArgs::for_model(repo("models/ssdlite-mobilenet-v2-coco"));
+    detector_args.max_frame_age = Duration::from_secs(2);
+    detector_args.group = "detector".into();
+    let detector = tokio::spawn(lookout_predictor::run(
+        detector_args,
+        t.bus("lookout-detector"),
+        shutdown.clone(),
+    ));
     let recorder = tokio::spawn(changes(t.bus("lookout-recorder"), shutdown.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -193,7 +209,7 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
     let step_timeout = EVENT_TIMEOUT.as_millis().to_string();
     let run = tokio::process::Command::new("node")
         .arg(&script)
-        .args([url.as_str(), "lobby", "espresso"])
+        .args([url.as_str(), "lobby", "espresso", "cat", "kitchen"])
         .arg(&out)
         .arg(&step_timeout)
         .env("PLAYWRIGHT_CORE", &playwright)
@@ -218,8 +234,15 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
     assert!(result["label"].as_str().unwrap().contains("espresso"), "{result}");
     assert_ne!(result["image_signatures"][0], result["image_signatures"][1], "{result}");
     let tiles = result["tiles"].as_array().unwrap();
-    assert!(tiles.iter().any(|t| t == "lobby") && tiles.iter().any(|t| t == "pad"), "{result}");
+    assert!(tiles.iter().any(|t| t == "lobby") && tiles.iter().any(|t| t == "kitchen"), "{result}");
     assert!(!result["changes"].as_array().unwrap().is_empty(), "{result}");
+    // The detector's box for the cat photo, drawn over the live image with its label.
+    let cat = &result["object"];
+    assert_eq!(cat["label"], "cat", "{result}");
+    assert!(cat["tag"].as_str().unwrap().starts_with("cat "), "{result}");
+    let (w, h) = (cat["width"].as_f64().unwrap(), cat["height"].as_f64().unwrap());
+    let (iw, ih) = (cat["image_width"].as_f64().unwrap(), cat["image_height"].as_f64().unwrap());
+    assert!(w > 0.5 * iw && h > 0.5 * ih, "the cat box covers most of the image: {result}");
 
     let screenshot = out.join("viewer.png");
     let png = image::open(&screenshot).expect("the screenshot is a PNG");
@@ -231,4 +254,5 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
     recorder.await.unwrap();
     viewer.await.unwrap().expect("the viewer stops cleanly");
     predictor.await.unwrap().expect("the predictor stops cleanly");
+    detector.await.unwrap().expect("the detector stops cleanly");
 }

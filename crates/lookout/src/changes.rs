@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use lookout_proto::objects;
 use lookout_recorder::{
     Access, Store,
     detector::Label,
@@ -168,11 +169,16 @@ fn print_changes(
         "ID", "CAPTURED", "CAMERA", "SEQUENCE", "CHANGE", "MODEL"
     )?;
     for c in changes {
-        let previous = c
-            .previous
-            .as_ref()
-            .map_or("(first)".to_owned(), |p| format!("{} {:.2}", p.name, p.score));
-        let change = format!("{previous} -> {} {:.2}", c.current.name, c.current.score);
+        let change = if c.current.class_id == objects::CLASSES_PRESENT {
+            // A detector's object event: what appeared and what left.
+            objects::describe(c.previous.as_ref().map(|p| p.name.as_str()), &c.current.name)
+        } else {
+            let previous = c
+                .previous
+                .as_ref()
+                .map_or("(first)".to_owned(), |p| format!("{} {:.2}", p.name, p.score));
+            format!("{previous} -> {} {:.2}", c.current.name, c.current.score)
+        };
         let model = format!("{}@{}", c.key.model_name, c.key.model_version);
         let snapshot = if c.snapshot_missing {
             "missing".to_owned()
@@ -275,6 +281,35 @@ mod tests {
         assert_eq!(lines[1]["current"]["name"], "espresso");
         assert_eq!(lines[1]["model"]["version"], "1");
         assert_eq!(lines[0]["snapshot_bytes"], 6);
+    }
+
+    #[test]
+    fn a_detector_change_says_what_appeared_and_what_left() {
+        let set = |name: &str| Label {
+            class_id: objects::CLASSES_PRESENT,
+            name: name.into(),
+            score: 1.0,
+        };
+        let change = StoredChange {
+            change_id: 7,
+            key: StreamKey {
+                camera_id: "drive".into(),
+                model_name: "ssdlite-mobilenet-v2-coco".into(),
+                model_version: "1".into(),
+            },
+            frame_sequence: 40,
+            previous: Some(set("car, dog")),
+            current: set("dog, person"),
+            capture_time_ms: 1_763_830_000_000,
+            recorded_time_ms: 1_763_830_000_500,
+            snapshot_bytes: 1000,
+            snapshot_missing: false,
+        };
+        let mut table = Vec::new();
+        print_changes(&[change], false, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains(" +person -car "), "{table}");
+        assert!(table.contains("ssdlite-mobilenet-v2-coco@1"), "{table}");
     }
 
     #[tokio::test]

@@ -39,8 +39,9 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     fps: Option<u32>,
 
-    /// Predictor replicas (they share the frames, even of one camera). With more than one, the
-    /// recorder waits up to 15 s for a missing prediction, so a crashed replica costs no change.
+    /// Classifier replicas (they share the frames, even of one camera). With more than one (of
+    /// either model), the recorder waits up to 15 s for a missing prediction, so a crashed
+    /// replica costs no change.
     #[arg(long, default_value_t = 1)]
     predictors: usize,
 
@@ -56,9 +57,41 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "lookout-demo")]
     dir: PathBuf,
 
-    /// Model manifest [default: models/efficientnet-lite0/model.toml of this checkout].
+    /// The classifier's model manifest [default: models/efficientnet-lite0/model.toml of this
+    /// checkout].
     #[arg(long)]
     model: Option<PathBuf>,
+
+    /// Object detector replicas, labelling the same frames as the classifier in consumer group
+    /// `detector`; 0 runs no detector.
+    #[arg(long, default_value_t = 1)]
+    detectors: usize,
+
+    /// The detector's model manifest [default: models/ssdlite-mobilenet-v2-coco of this
+    /// checkout].
+    #[arg(long)]
+    detector_model: Option<PathBuf>,
+}
+
+/// The manifest `given`, else `default` of the checkout at `root`; it must exist.
+fn manifest(
+    given: &Option<PathBuf>,
+    root: &Path,
+    default: &str,
+    flag: &str,
+) -> anyhow::Result<PathBuf> {
+    let model = given.clone().unwrap_or_else(|| root.join(default));
+    if !model.exists() {
+        bail!(
+            "model manifest {} not found: run the demo from the Lookout checkout or pass {flag}",
+            model.display()
+        );
+    }
+    Ok(model)
+}
+
+fn s(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
 }
 
 /// One service process.
@@ -81,16 +114,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     lookout_telemetry::init(lookout_telemetry::LogFormat::Pretty)?;
     let shutdown = lookout_service::shutdown::on_signals();
     let root = checkout_root();
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => root.join("models/efficientnet-lite0/model.toml"),
-    };
-    if !model.exists() {
-        bail!(
-            "model manifest {} not found: run the demo from the Lookout checkout or pass --model",
-            model.display()
-        );
-    }
+    let model = manifest(&args.model, &root, "models/efficientnet-lite0/model.toml", "--model")?;
+    let detector_model = manifest(
+        &args.detector_model,
+        &root,
+        "models/ssdlite-mobilenet-v2-coco/model.toml",
+        "--detector-model",
+    )?;
     let source = match &args.source {
         Some(s) => s.clone(),
         None => format!("images:{}", root.join("samples").display()),
@@ -116,7 +146,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let db = format!("sqlite://{}?mode=rwc", dir.join("lookout.db").display());
     let logs = format!("file:{}", dir.join("logs").display());
     let mut recorder = vec!["recorder".into(), "--database-url".into(), db];
-    if args.predictors > 1 {
+    if args.predictors > 1 || args.detectors > 1 {
         // A crashed replica's frames are labelled again after the group's session timeout:
         // the reorder window waits that out, so the crash costs no change.
         recorder.extend(["--reorder-timeout".into(), REPLICA_REORDER_TIMEOUT.into()]);
@@ -130,6 +160,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let name =
             if args.predictors > 1 { format!("predictor-{}", i + 1) } else { "predictor".into() };
         plan.push((name, vec!["predictor".into(), "--model".into(), model.display().to_string()]));
+    }
+    // The detector: its own consumer group, so it sees every frame the classifier sees.
+    for i in 0..args.detectors {
+        let name =
+            if args.detectors > 1 { format!("detector-{}", i + 1) } else { "detector".into() };
+        let detector = detector_model.display().to_string();
+        plan.push((name, s(&["predictor", "--model", &detector, "--group", "detector"])));
     }
     let mut camera =
         vec!["camera".into(), "--source".into(), source, "--hold".into(), args.hold.clone()];

@@ -29,7 +29,8 @@ enum Command {
     Topics(topics::TopicsArgs),
     /// Print a topic's messages as JSON lines, decoded by their protobuf type.
     Tap(tap::TapArgs),
-    /// List the label changes the recorder stored (from its database).
+    /// List the label changes (and a detector's object events, `+person -car`) the recorder
+    /// stored (from its database).
     Changes(changes::ChangesArgs),
     /// Write the JPEG stored with a change: `lookout snapshot ID > f.jpg`.
     Snapshot(changes::SnapshotArgs),

@@ -41,6 +41,11 @@ pub(crate) struct TapArgs {
     #[arg(long)]
     group: Option<String>,
 
+    /// Print only the messages of this model (their `model.name`: predictions and changes),
+    /// e.g. ssdlite-mobilenet-v2-coco when a classifier and a detector label the same frames.
+    #[arg(long)]
+    model: Option<String>,
+
     /// How to print `bytes` fields such as a frame's JPEG.
     #[arg(long, value_enum, default_value_t = BytesMode::Len)]
     bytes: BytesMode,
@@ -83,6 +88,7 @@ pub(crate) async fn run(args: TapArgs) -> anyhow::Result<()> {
     let printer = Printer {
         registry_type: lookout_proto::topics::message_type_of(&args.topic),
         bytes: args.bytes,
+        model: args.model.clone(),
         printed: Arc::new(AtomicU64::new(0)),
         limit: args.count,
         shutdown: shutdown.clone(),
@@ -139,6 +145,7 @@ pub(crate) async fn run(args: TapArgs) -> anyhow::Result<()> {
 struct Printer {
     registry_type: Option<String>,
     bytes: BytesMode,
+    model: Option<String>,
     printed: Arc<AtomicU64>,
     limit: Option<u64>,
     shutdown: CancellationToken,
@@ -185,7 +192,13 @@ impl RawHandler for Printer {
             self.shutdown.cancel();
             return Err(HandlerError::Transient("limit reached".into()));
         }
-        let line = self.line(message).to_string();
+        let line = self.line(message);
+        if let Some(model) = &self.model
+            && line["value"]["model"]["name"] != model.as_str()
+        {
+            return Ok(());
+        }
+        let line = line.to_string();
         let mut out = std::io::stdout().lock();
         // A closed stdout (`| head`) ends the tap.
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {

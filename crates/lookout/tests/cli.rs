@@ -8,7 +8,7 @@ use std::{
 };
 
 use lookout_bus::{Bus, BusConfig, topics};
-use lookout_proto::v1::{Encoding, Frame};
+use lookout_proto::v1::{Encoding, Frame, ModelKind, ModelRef, Prediction};
 use lookout_test_util::EVENT_TIMEOUT;
 
 /// Kills the child when the test ends, however it ends.
@@ -42,14 +42,19 @@ fn spawn_lines(mut cmd: Command) -> (Guard, mpsc::Receiver<String>) {
     (Guard(child), rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tap_shows_what_another_process_publishes_through_the_broker_process() {
+/// A `lookout broker` process, and the address it listens on.
+fn broker() -> (Guard, String) {
     let mut broker = lookout();
     broker.args(["broker", "--listen", "127.0.0.1:0"]);
-    let (_broker, lines) = spawn_lines(broker);
+    let (guard, lines) = spawn_lines(broker);
     let first = lines.recv_timeout(EVENT_TIMEOUT).expect("broker prints its address");
-    let addr =
-        first.strip_prefix("listening on ").expect("first line names the address").to_owned();
+    let addr = first.strip_prefix("listening on ").expect("first line names the address");
+    (guard, addr.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_shows_what_another_process_publishes_through_the_broker_process() {
+    let (_broker, addr) = broker();
 
     let mut tap = lookout();
     tap.args(["tap", "lookout.frames", "--brokers", &addr, "--count", "3"]);
@@ -85,6 +90,51 @@ async fn tap_shows_what_another_process_publishes_through_the_broker_process() {
     }
     seqs.sort();
     assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_keeps_the_models_apart() {
+    let (_broker, addr) = broker();
+
+    let mut tap = lookout();
+    tap.args(["tap", "lookout.predictions", "--brokers", &addr, "--count", "2"])
+        .args(["--model", "ssdlite-mobilenet-v2-coco"]);
+    let (mut tap, tapped) = spawn_lines(tap);
+
+    let bus = Bus::new(BusConfig::new(&addr, "lookout-test")).unwrap();
+    let predictions = bus.publisher(&topics::PREDICTIONS);
+    let model = |name: &str, kind: ModelKind| {
+        Some(ModelRef { name: name.into(), version: "1".into(), kind: kind.into() })
+    };
+    for seq in 1..=3u64 {
+        for (name, kind) in [
+            ("efficientnet-lite0", ModelKind::Classification),
+            ("ssdlite-mobilenet-v2-coco", ModelKind::Detection),
+        ] {
+            let p = Prediction {
+                camera_id: "porch".into(),
+                frame_sequence: seq,
+                model: model(name, kind),
+                ..Default::default()
+            };
+            predictions.send(&p).await.unwrap();
+        }
+    }
+
+    let mut seqs = Vec::new();
+    for _ in 0..2 {
+        let line = tapped.recv_timeout(EVENT_TIMEOUT).expect("tap prints the detector's");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("tap prints JSON lines");
+        assert_eq!(v["value"]["model"]["name"], "ssdlite-mobilenet-v2-coco", "{v}");
+        assert_eq!(v["value"]["model"]["kind"], "MODEL_KIND_DETECTION", "{v}");
+        seqs.push(v["value"]["frameSequence"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    // The detector's first two predictions were printed, none of the classifier's, and then
+    // the tap stopped at its count.
+    assert_eq!(seqs, [1, 2]);
+    let end = tapped.recv_timeout(EVENT_TIMEOUT);
+    assert_eq!(end, Err(mpsc::RecvTimeoutError::Disconnected), "the tap ends, printing no more");
+    assert!(tap.0.wait().unwrap().success());
 }
 
 #[test]

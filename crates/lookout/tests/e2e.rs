@@ -118,6 +118,17 @@ fn predictor(t: &TestBus, dir: &Path, name: &str) -> Service {
     start(t, dir, name, &s(&["predictor", "--model", model.to_str().unwrap()]))
 }
 
+/// The object detector, in consumer group `detector` (beside the classifier's `predictor`).
+fn detector(t: &TestBus, dir: &Path, name: &str) -> Service {
+    let model = repo("models/ssdlite-mobilenet-v2-coco");
+    start(
+        t,
+        dir,
+        name,
+        &s(&["predictor", "--model", model.to_str().unwrap(), "--group", "detector"]),
+    )
+}
+
 fn recorder(t: &TestBus, dir: &Path, name: &str, db: &str, group: &str) -> Service {
     recorder_with(t, dir, name, db, group, &[])
 }
@@ -264,6 +275,60 @@ fn slideshow_through_every_service() {
         .filter_map(|r| r["service"].as_str().map(str::to_owned))
         .collect();
     assert!(services.len() >= 4, "records from every service: {services:?}");
+}
+
+/// A classifier and a detector label the same frames side by side, each in its own consumer
+/// group: the viewer shows both (the classifier's label, the detector's boxes) and the recorder
+/// stores each model's changes apart.
+#[test]
+fn a_classifier_and_a_detector_label_the_same_frames_side_by_side() {
+    let t = TestBus::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(t.create_registry_topics());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+
+    let _recorder = recorder(&t, dir, "recorder", "lookout.db", "recorder");
+    let _viewer =
+        start(&t, dir, "viewer", &s(&["viewer", "--listen", &format!("127.0.0.1:{port}")]));
+    let predictor = predictor(&t, dir, "predictor");
+    let detector = detector(&t, dir, "detector");
+    joined(&predictor);
+    joined(&detector);
+    // Each photo for 2 s (10 frames): the slower detector still labels each for --min-frames.
+    let _camera = camera_with(&t, dir, "2s", 60);
+
+    // The viewer: the detector's boxes and the classifier's label, each with its model.
+    let cat =
+        |v: &Value| v["objects"].as_array().is_some_and(|o| o.iter().any(|o| o["name"] == "cat"));
+    let objects = sse_until(port, cat);
+    assert_eq!(objects["model"], "ssdlite-mobilenet-v2-coco", "{objects}");
+    assert_eq!(objects["camera"], "samples", "{objects}");
+    let cat_box =
+        objects["objects"].as_array().unwrap().iter().find(|o| o["name"] == "cat").unwrap();
+    assert!(cat_box["width"].as_f64().unwrap() > 0.7, "the cat fills the photo: {cat_box}");
+    let label = sse_until(port, |v| v["label"] == "espresso");
+    assert_eq!(label["model"], "efficientnet-lite0", "{label}");
+
+    // The recorder: each model's changes, kept apart.
+    let of = |changes: &[Value], model: &str| -> Vec<Value> {
+        changes.iter().filter(|c| c["model"]["name"] == model).cloned().collect()
+    };
+    let stored = eventually("both models' changes", || {
+        let c = changes(dir, "lookout.db");
+        (of(&c, "efficientnet-lite0").len() >= CHANGES
+            && of(&c, "ssdlite-mobilenet-v2-coco").len() >= CHANGES)
+            .then_some(c)
+    });
+    assert_slideshow_changes(&of(&stored, "efficientnet-lite0"));
+    // The detector's object events: the classes present, per photo switch (the rocket photo
+    // has none: everything left).
+    let detected = of(&stored, "ssdlite-mobilenet-v2-coco");
+    let sets = ["cat", "cup, dining table", ""];
+    assert_eq!(labels(&detected), [sets, sets].concat(), "{detected:?}");
+    assert!(detected[0]["previous"].is_null(), "each model has its own history: {detected:?}");
+    assert!(detected.iter().all(|c| c["snapshot_bytes"].as_u64().unwrap() > 1000), "{detected:?}");
 }
 
 /// Frame sequences published on the frames topic, and the predictions per sequence.
@@ -447,10 +512,11 @@ fn the_demo_runs_everything_and_ctrl_c_leaves_no_process_behind() {
         }
     }
     let names: Vec<&str> = pids.keys().map(String::as_str).collect();
-    assert_eq!(names, ["camera", "logship", "predictor", "recorder", "viewer"]);
+    assert_eq!(names, ["camera", "detector", "logship", "predictor", "recorder", "viewer"]);
 
-    // The viewer shows the slideshow's labels.
+    // The viewer shows the slideshow's labels, and the detector's boxes.
     sse_until(port, |v| v.to_string().contains("espresso"));
+    sse_until(port, |v| v["objects"].as_array().is_some_and(|o| !o.is_empty()));
 
     interrupt(demo.child.id());
     let status = demo.child.wait().unwrap();

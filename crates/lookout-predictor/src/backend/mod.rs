@@ -2,7 +2,8 @@
 //! (the `onnxruntime` cargo feature; the shared library is loaded at run time).
 //!
 //! An engine runs a batch of preprocessed images laid out one after another and returns the
-//! model's raw output, `classes` values per image. Each predictor worker has its own run state
+//! model's raw outputs named by the manifest (a classifier's scores; a detector's scores and
+//! boxes), in the manifest's order, each with the values of every image one after another. Each predictor worker has its own run state
 //! (tract) or session (ONNX Runtime), chosen by the worker's index, so workers never wait for
 //! each other.
 
@@ -104,8 +105,9 @@ pub const DEFAULT_ONNXRUNTIME_LIBRARY: &str = "libonnxruntime.so";
 /// A loaded model, ready to run on any worker.
 pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
     /// Runs `batch` images (`input` holds them one after another) on worker `worker`'s state;
-    /// returns the output values of each image, one after another.
-    fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<f32>, String>;
+    /// returns each output the manifest names (in its order) with the values of each image
+    /// one after another.
+    fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<Vec<f32>>, String>;
 
     /// The most images one run takes.
     fn max_batch(&self) -> usize;
@@ -115,8 +117,8 @@ pub(crate) trait Engine: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub(crate) engine: Box<dyn Engine>,
-    /// Output values per image.
-    pub(crate) outputs: usize,
+    /// The shape of each output the manifest names, for a batch of one.
+    pub(crate) outputs: Vec<Vec<usize>>,
 }
 
 /// Loads `model` (the ONNX file named by `manifest`) into `backend`.
@@ -155,27 +157,55 @@ pub(crate) fn load(
     }
 }
 
-/// The graph's input and output names must be the manifest's.
+/// The graph's input must be the manifest's, and each output the manifest names must be one of
+/// the graph's; returns their positions among the graph's outputs, in the manifest's order.
 fn check_names(
     manifest: &Manifest,
     model: &Path,
     inputs: &[String],
     outputs: &[String],
-) -> Result<(), ModelError> {
+) -> Result<Vec<usize>, ModelError> {
     if inputs != [manifest.input.name.clone()] {
         return Err(ModelError::Mismatch {
             model: model.to_owned(),
             message: format!("inputs are {inputs:?}, the manifest says {:?}", manifest.input.name),
         });
     }
-    if outputs.first() != Some(&manifest.output.name) {
-        return Err(ModelError::Mismatch {
-            model: model.to_owned(),
-            message: format!(
-                "outputs are {outputs:?}, the manifest says {:?}",
-                manifest.output.name
-            ),
-        });
+    manifest
+        .output_names()
+        .into_iter()
+        .map(|name| {
+            outputs.iter().position(|o| o == name).ok_or_else(|| ModelError::Mismatch {
+                model: model.to_owned(),
+                message: format!(
+                    "the manifest names output {name:?}, the graph's outputs are {outputs:?}"
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The graph's declared input shape (`None`: a dimension it leaves open) must fit the
+/// manifest's; the batch dimension is not compared.
+fn check_input_shape(
+    manifest: &Manifest,
+    model: &Path,
+    declared: &[Option<usize>],
+) -> Result<(), ModelError> {
+    let want = manifest.input.shape;
+    let fits = declared.len() == want.len()
+        && declared.iter().zip(want).skip(1).all(|(d, w)| d.is_none_or(|d| d == w));
+    if fits {
+        return Ok(());
     }
-    Ok(())
+    let dims: Vec<String> =
+        declared.iter().map(|d| d.map_or_else(|| "?".to_owned(), |d| d.to_string())).collect();
+    Err(ModelError::Mismatch {
+        model: model.to_owned(),
+        message: format!(
+            "input {:?} has shape [{}], the manifest says {want:?}",
+            manifest.input.name,
+            dims.join(", ")
+        ),
+    })
 }

@@ -28,6 +28,8 @@ use crate::model::{Manifest, ModelError};
 struct OrtEngine {
     sessions: Vec<Mutex<Session>>,
     input: String,
+    /// The outputs the manifest names, in its order.
+    outputs: Vec<String>,
     /// `[1, …]`: the input shape of one image.
     shape: [usize; 4],
     max_batch: usize,
@@ -43,12 +45,13 @@ impl std::fmt::Debug for OrtEngine {
 }
 
 impl Engine for OrtEngine {
-    fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+    fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<Vec<f32>>, String> {
         // A session is not left inconsistent by a panic in a run: keep using it.
         let mut session = self.sessions[worker % self.sessions.len()]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        run(&mut session, &self.input, self.shape, input, batch)
+        let outputs = run(&mut session, &self.input, &self.outputs, self.shape, input, batch)?;
+        Ok(outputs.into_iter().map(|(_, values)| values).collect())
     }
 
     fn max_batch(&self) -> usize {
@@ -56,19 +59,32 @@ impl Engine for OrtEngine {
     }
 }
 
+/// One output of a run: its shape and values.
+type OutputValues = (Vec<usize>, Vec<f32>);
+
+/// Runs `batch` images; returns the shape and values of each output in `outputs`.
 fn run(
     session: &mut Session,
     name: &str,
+    outputs: &[String],
     shape: [usize; 4],
     input: &[f32],
     batch: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<OutputValues>, String> {
     let mut shape = shape;
     shape[0] = batch;
     let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| e.to_string())?;
-    let outputs = session.run(ort::inputs![name => tensor]).map_err(|e| e.to_string())?;
-    let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
-    Ok(values.to_vec())
+    let results = session.run(ort::inputs![name => tensor]).map_err(|e| e.to_string())?;
+    outputs
+        .iter()
+        .map(|output| {
+            let value =
+                results.get(output.as_str()).ok_or_else(|| format!("no output {output:?}"))?;
+            let (shape, values) = value.try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+            let shape = shape.iter().map(|d| usize::try_from(*d).unwrap_or(0)).collect();
+            Ok((shape, values.to_vec()))
+        })
+        .collect()
 }
 
 /// Loads the library once per process.
@@ -105,15 +121,17 @@ pub(super) fn load(
     let mut first = session(&bytes)?;
     let inputs: Vec<String> = first.inputs().iter().map(|o| o.name().to_owned()).collect();
     let outputs: Vec<String> = first.outputs().iter().map(|o| o.name().to_owned()).collect();
-    super::check_names(manifest, model_path, &inputs, &outputs)?;
+    let wanted = super::check_names(manifest, model_path, &inputs, &outputs)?;
+    let outputs: Vec<String> = wanted.into_iter().map(|i| outputs[i].clone()).collect();
     let shape = manifest.input.shape;
     let probe = vec![0f32; shape[1..].iter().product()];
-    let classes = run(&mut first, &inputs[0], shape, &probe, 1).map_err(&fail)?.len();
+    let probed = run(&mut first, &inputs[0], &outputs, shape, &probe, 1).map_err(&fail)?;
+    let lens: Vec<usize> = probed.iter().map(|(_, values)| values.len()).collect();
 
     let mut model = bytes;
     let mut max_batch = 1;
     if options.batch > 1 {
-        match batched(&model, options, &inputs[0], shape, classes) {
+        match batched(&model, options, (&inputs[0], &outputs), shape, &lens) {
             Ok((patched, session)) => {
                 info!(
                     backend = "onnxruntime",
@@ -140,8 +158,9 @@ pub(super) fn load(
         threads = options.threads,
         "ONNX Runtime loaded"
     );
-    let engine = OrtEngine { sessions, input: inputs[0].clone(), shape, max_batch };
-    Ok(Loaded { engine: Box::new(engine), outputs: classes })
+    let engine = OrtEngine { sessions, input: inputs[0].clone(), outputs, shape, max_batch };
+    let outputs = probed.into_iter().map(|(shape, _)| shape).collect();
+    Ok(Loaded { engine: Box::new(engine), outputs })
 }
 
 /// A session on the model `bytes`, with the options' threads and execution provider. An
@@ -176,13 +195,14 @@ fn open(bytes: &[u8], options: &EngineOptions) -> Result<Session, String> {
     builder.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-/// The model with a symbolic batch dimension, and a session on it that ran a batch of two.
+/// The model with a symbolic batch dimension, and a session on it that ran a batch of two
+/// (giving twice the values `lens` says one image gives, per output).
 fn batched(
     bytes: &[u8],
     options: &EngineOptions,
-    input: &str,
+    (input, outputs): (&str, &[String]),
     shape: [usize; 4],
-    classes: usize,
+    lens: &[usize],
 ) -> Result<(Vec<u8>, Session), String> {
     let mut proto = ModelProto::decode(bytes).map_err(|e| e.to_string())?;
     let graph = proto.graph.as_mut().ok_or("the file has no graph")?;
@@ -201,9 +221,15 @@ fn batched(
     let patched = proto.encode_to_vec();
     let mut session = open(&patched, options)?;
     let per_image: usize = shape[1..].iter().product();
-    let out = run(&mut session, input, shape, &vec![0f32; 2 * per_image], 2)?;
-    if out.len() != 2 * classes {
-        return Err(format!("a batch of 2 gave {} outputs, not {}", out.len(), 2 * classes));
+    let out = run(&mut session, input, outputs, shape, &vec![0f32; 2 * per_image], 2)?;
+    for ((name, (_, values)), len) in outputs.iter().zip(&out).zip(lens) {
+        if values.len() != 2 * len {
+            return Err(format!(
+                "a batch of 2 gave {} values of {name}, not {}",
+                values.len(),
+                2 * len
+            ));
+        }
     }
     Ok((patched, session))
 }

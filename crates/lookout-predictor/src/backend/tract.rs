@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tract_onnx::prelude::*;
+use tract_onnx::{prelude::*, tract_core::internal::DimLike as _, tract_hir::infer::Factoid as _};
 
 use super::{Engine, EngineOptions, Loaded};
 use crate::model::{Manifest, ModelError};
@@ -27,7 +27,7 @@ impl Runner {
         Self { plan, states: (0..workers.max(1)).map(|_| Mutex::new(None)).collect() }
     }
 
-    fn run(&self, worker: usize, input: Tensor) -> Result<Tensor, String> {
+    fn run(&self, worker: usize, input: Tensor) -> Result<TVec<TValue>, String> {
         let slot = &self.states[worker % self.states.len()];
         // A run that panicked left its state behind: start from a fresh one.
         let mut guard = slot.lock().unwrap_or_else(|poisoned| {
@@ -39,9 +39,9 @@ impl Runner {
             Some(s) => s,
             None => guard.insert(self.plan.spawn().map_err(|e| format!("{e:#}"))?),
         };
-        let mut outputs = state.run(tvec!(input.into())).map_err(|e| format!("{e:#}"))?;
+        let outputs = state.run(tvec!(input.into())).map_err(|e| format!("{e:#}"))?;
         drop(guard);
-        Ok(outputs.remove(0).into_tensor())
+        Ok(outputs)
     }
 }
 
@@ -58,12 +58,17 @@ impl std::fmt::Debug for TractEngine {
 }
 
 impl Engine for TractEngine {
-    fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+    fn run(&self, worker: usize, input: &[f32], batch: usize) -> Result<Vec<Vec<f32>>, String> {
         debug_assert_eq!(batch, 1, "tract runs one frame at a time");
         let tensor = Tensor::from_shape(&self.shape, input).map_err(|e| format!("{e:#}"))?;
-        let output = self.runner.run(worker, tensor)?;
-        let view = output.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
-        Ok(view.iter().copied().collect())
+        let outputs = self.runner.run(worker, tensor)?;
+        outputs
+            .iter()
+            .map(|output| {
+                let view = output.to_plain_array_view::<f32>().map_err(|e| format!("{e:#}"))?;
+                Ok(view.iter().copied().collect())
+            })
+            .collect()
     }
 
     fn max_batch(&self) -> usize {
@@ -99,19 +104,36 @@ pub(super) fn load(
                 .map_or_else(|| inference.node(o.node).name.clone(), str::to_owned)
         })
         .collect();
-    super::check_names(manifest, model_path, &input_names, &output_names)?;
+    let wanted = super::check_names(manifest, model_path, &input_names, &output_names)?;
+    let declared = &inference.input_fact(0).map_err(tract)?.shape;
+    if !declared.is_open() {
+        let dims: Vec<Option<usize>> =
+            declared.dims().map(|d| d.concretize().and_then(|d| d.to_usize().ok())).collect();
+        super::check_input_shape(manifest, model_path, &dims)?;
+    }
+    // Only the outputs the manifest names are computed, in its order.
+    let outlets = inference.output_outlets().map_err(tract)?;
+    let selected: Vec<OutletId> = wanted.iter().map(|i| outlets[*i]).collect();
 
     let shape = manifest.input.shape;
-    let single = inference.clone().with_input_fact(0, f32::fact(shape).into()).map_err(tract)?;
+    let single = inference
+        .clone()
+        .with_output_outlets(&selected)
+        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+        .map_err(tract)?;
     let single = single.into_optimized().map_err(tract)?;
-    let out_fact = single.output_fact(0).map_err(tract)?;
-    let outputs: usize =
-        out_fact.shape.as_concrete().map(|s| s.iter().product()).ok_or_else(|| {
-            ModelError::Mismatch {
+    let outputs = (0..selected.len())
+        .map(|i| {
+            let fact = single.output_fact(i).map_err(tract)?;
+            fact.shape.as_concrete().map(<[usize]>::to_vec).ok_or_else(|| ModelError::Mismatch {
                 model: model_path.to_owned(),
-                message: format!("output shape {:?} is not fixed", out_fact.shape),
-            }
-        })?;
+                message: format!(
+                    "output {:?} has no fixed shape: {:?}",
+                    output_names[wanted[i]], fact.shape
+                ),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let runner = Runner::new(single.into_runnable().map_err(tract)?, options.workers);
 
     Ok(Loaded { engine: Box::new(TractEngine { runner, shape }), outputs })

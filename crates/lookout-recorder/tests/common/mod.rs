@@ -396,7 +396,11 @@ impl Shot {
             camera_id: self.camera.clone(),
             frame_sequence: self.sequence,
             capture_time: Some(lookout_proto::timestamp_from_millis(self.capture_ms)),
-            model: Some(ModelRef { name: MODEL.into(), version: MODEL_VERSION.into() }),
+            model: Some(ModelRef {
+                name: MODEL.into(),
+                version: MODEL_VERSION.into(),
+                ..Default::default()
+            }),
             top_k: vec![
                 Label {
                     class_id: class_of(&self.label),

@@ -1,14 +1,16 @@
 // Opens the viewer page in headless Chromium and checks what a person would see: a tile per
-// camera, a live image that changes, the expected label, the changes feed. Saves screenshots.
+// camera, a live image that changes, the expected label, a detector's box with its label over
+// the image, the changes feed. Saves screenshots.
 //
-// usage: node viewer.cjs URL CAMERA LABEL SCREENSHOT_DIR TIMEOUT_MS
+// usage: node viewer.cjs URL CAMERA LABEL OBJECT STEADY SCREENSHOT_DIR TIMEOUT_MS
+// (STEADY: a camera that always shows the photo LABEL names, for the screenshot's timing)
 // env:   PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (browser binary)
 'use strict';
 
 const path = require('path');
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 
-const [url, camera, label, outDir, timeoutArg] = process.argv.slice(2);
+const [url, camera, label, object, steady, outDir, timeoutArg] = process.argv.slice(2);
 const timeout = Number(timeoutArg) || 60000;
 
 function log(...args) {
@@ -36,7 +38,7 @@ function log(...args) {
 
     // The image changes: two captures of the <img> through a canvas differ. The page and the
     // stream share an origin, so the canvas is readable.
-    const signature = () => page.evaluate((sel) => {
+    const signatureOf = (selector) => page.evaluate((sel) => {
       const img = document.querySelector(sel);
       if (!img || !img.complete || !img.naturalWidth) return null;
       const c = document.createElement('canvas');
@@ -48,7 +50,8 @@ function log(...args) {
       let h = 0;
       for (let i = 0; i < d.length; i += 1) h = (Math.imul(h, 31) + d[i]) | 0;
       return h;
-    }, `${tile} img`);
+    }, selector);
+    const signature = () => signatureOf(`${tile} img`);
     const deadline = Date.now() + timeout;
     let first = null;
     let changed = null;
@@ -67,13 +70,27 @@ function log(...args) {
     await page.waitForFunction(([sel, s]) => Number(document.querySelector(sel).dataset.sequence || -1) > s, [tile, s1]);
     result.sequences = [s1, await seq()];
 
-    // The label appears.
-    await page.waitForFunction(([sel, want]) => {
+    // The label appears (read where it was seen: the slideshow moves on).
+    const seen = await page.waitForFunction(([sel, want]) => {
       const l = document.querySelector(sel + ' .label');
-      return l && l.textContent.includes(want);
+      const score = document.querySelector(sel + ' .score');
+      return l && l.textContent.includes(want) && { label: l.textContent, score: score.textContent };
     }, [tile, label]);
-    result.label = await page.$eval(`${tile} .label`, (l) => l.textContent);
-    result.score = await page.$eval(`${tile} .score`, (l) => l.textContent);
+    Object.assign(result, await seen.jsonValue());
+
+    // A detector's box with the object's label appears over the image, where the image is.
+    const box = `${tile} .boxes .box[data-label="${object}"]`;
+    await page.waitForSelector(box);
+    result.object = await page.$eval(box, (b) => {
+      const r = b.getBoundingClientRect();
+      const img = b.closest('.video').querySelector('img').getBoundingClientRect();
+      const inside = r.left >= img.left - 1 && r.top >= img.top - 1 &&
+        r.right <= img.right + 1 && r.bottom <= img.bottom + 1;
+      return { label: b.dataset.label, tag: b.querySelector('.tag').textContent,
+               colour: getComputedStyle(b).borderTopColor, visible: getComputedStyle(b).display !== 'none',
+               width: r.width, height: r.height, image_width: img.width, image_height: img.height, inside };
+    });
+    if (!result.object.visible || !result.object.inside) throw new Error(`the ${object} box is not shown over the image: ${JSON.stringify(result.object)}`);
 
     // fps and latency are shown, and the changes feed has entries.
     await page.waitForFunction((sel) => /\d/.test(document.querySelector(sel + ' .latency').textContent), tile);
@@ -89,6 +106,22 @@ function log(...args) {
       document.querySelector(sel + ' .label').textContent.includes(w) === y, [tile, want, yes]);
     await labelIs(label, false).catch(() => log('the label never changed away from', label));
     await labelIs(label, true);
+    // The boxes of the photo the label names, over that photo: the image is the steady
+    // camera's (the same JPEG). Label and boxes follow the image through the predictors and a
+    // loaded machine shows the stream late, so this waits for them to agree.
+    const agreed = async () => {
+      const right = await page.evaluate(([sel, want, other]) => {
+        const t = document.querySelector(sel);
+        const boxes = [...t.querySelectorAll('.boxes .box')];
+        return t.querySelector('.label').textContent.includes(want) && boxes.length > 0 &&
+          boxes.every((b) => b.dataset.label !== other);
+      }, [tile, label, object]);
+      const shown = right && (await signature());
+      return shown !== null && shown !== false &&
+        shown === (await signatureOf(`article.tile[data-camera="${steady}"] img`));
+    };
+    const until = Date.now() + timeout / 2;
+    while (!(await agreed()) && Date.now() < until) await page.waitForTimeout(100);
     await page.waitForTimeout(400); // the score bar's transition
     await page.screenshot({ path: path.join(outDir, 'viewer.png') });
     result.at_screenshot = await page.$eval(tile, (t) => ({ frame: t.dataset.sequence, label: t.dataset.labelSequence }));

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
 
 use bytes::Bytes;
 use image::codecs::jpeg::JpegEncoder;
-use lookout_proto::v1::{Encoding, Frame, Label, ModelRef, Prediction};
+use lookout_proto::v1::{Encoding, Frame, Label, ModelKind, ModelRef, Prediction};
 use lookout_test_util::EVENT_TIMEOUT;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -40,7 +40,11 @@ pub fn prediction(camera: &str, sequence: u64, label: &str, score: f32) -> Predi
         camera_id: camera.into(),
         frame_sequence: sequence,
         capture_time: Some(lookout_proto::timestamp(SystemTime::now())),
-        model: Some(ModelRef { name: "efficientnet-lite0".into(), version: "1".into() }),
+        model: Some(ModelRef {
+            name: "efficientnet-lite0".into(),
+            version: "1".into(),
+            kind: ModelKind::Classification.into(),
+        }),
         top_k: vec![Label { class_id: 967, name: label.into(), score }],
         ..Default::default()
     }
