@@ -5,7 +5,7 @@ prints latency percentiles (capture -> predicted, capture -> shown), the model's
 frame (the predictor's inference histogram, same run) and the pipeline's overhead over it, and
 frames dropped per stage, as Markdown tables.
 
-    python3 bench/e2e/run.py [--seconds 30] [--fps 30] [--predictors 2]"""
+    python3 bench/e2e/run.py [--seconds 30] [--fps 30] [--predictors 2] [--detectors 0]"""
 
 import argparse
 import os
@@ -71,6 +71,12 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--predictors", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=5,
+                    help="seconds after start-up left out of the latencies (the first frames "
+                         "wait for the predictor to join its group and load its model)")
+    ap.add_argument("--detectors", type=int, default=0,
+                    help="object detector replicas beside the classifier (default 0: the "
+                         "latency measured is the classifier's alone)")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-p", "lookout"], cwd=ROOT, check=True)
@@ -79,7 +85,8 @@ def main():
     workdir = tempfile.mkdtemp(prefix="lookout-e2e-")
     demo = subprocess.Popen(
         [str(exe), "demo", "--source", "synthetic", "--fps", str(args.fps),
-         "--predictors", str(args.predictors), "--viewer-listen", f"127.0.0.1:{viewer_port}",
+         "--predictors", str(args.predictors), "--detectors", str(args.detectors),
+         "--viewer-listen", f"127.0.0.1:{viewer_port}",
          "--broker-listen", "127.0.0.1:0", "--dir", workdir],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     admin = {}
@@ -99,7 +106,9 @@ def main():
     client = threading.Thread(target=mjpeg_client, daemon=True, args=(
         f"http://127.0.0.1:{viewer_port}/cameras/synthetic/stream.mjpeg", stop, counts))
     client.start()
-    print(f"measuring for {args.seconds} s …", file=sys.stderr)
+    print(f"warming up for {args.warmup} s, then measuring for {args.seconds} s …", file=sys.stderr)
+    time.sleep(args.warmup)
+    m0 = {name: scrape(f"http://{addr}/metrics") for name, addr in admin.items()}
     time.sleep(args.seconds)
     stop.set()
 
@@ -116,14 +125,13 @@ def main():
     too_old = sum(pick(m[p], "lookout_predictor_frames_total", outcome="too_old") or 0 for p in preds)
     skipped_view = pick(view, "lookout_viewer_frames_skipped_total") or 0
 
-    def q(metrics, name, quantile):
-        """A quantile in ms: from a summary's series, or estimated from a histogram's buckets
-        (linear within the bucket, as Prometheus' histogram_quantile does)."""
-        v = pick(metrics, name, quantile=quantile)
-        if v is not None:
-            return v * 1000
+    def q(metrics, name, quantile, base=None):
+        """A quantile in ms, estimated from a histogram's buckets (linear within the bucket, as
+        Prometheus' histogram_quantile does); with `base`, of what was observed since it."""
         buckets = []
         for key, count in metrics.items():
+            if base is not None:
+                count -= base.get(key, 0)
             mm = re.match(rf'{re.escape(name)}_bucket\{{(.*)\}}$', key)
             if not mm:
                 continue
@@ -152,22 +160,24 @@ def main():
     def fmt(v):
         return "–" if v is None else f"{v:.0f}"
 
-    print(f"\n{args.seconds} s at {args.fps} fps, {args.predictors} predictor replica(s), "
+    print(f"\n{args.seconds} s at {args.fps} fps after {args.warmup} s of warm-up, "
+          f"{args.predictors} predictor replica(s), {args.detectors} detector(s), "
           f"{os.cpu_count()} cores, one MJPEG client ({counts['parts']} parts received).\n")
-    print("| latency | p50 (ms) | p99 (ms) |")
-    print("|---|---:|---:|")
+    print(f"| latency | p50 (ms) | p99 (ms) | p99 incl. warm-up (ms) |")
+    print("|---|---:|---:|---:|")
     for p in preds:
         name = "lookout_predictor_capture_to_predicted_seconds"
         model = "lookout_predictor_inference_seconds"
-        lat50, lat99 = q(m[p], name, '0.5'), q(m[p], name, '0.99')
-        mod50, mod99 = q(m[p], model, '0.5'), q(m[p], model, '0.99')
-        print(f"| capture → predicted ({p}) | {fmt(lat50)} | {fmt(lat99)} |")
-        print(f"| model inference ({p}) | {fmt(mod50)} | {fmt(mod99)} |")
+        lat50, lat99 = q(m[p], name, '0.5', m0[p]), q(m[p], name, '0.99', m0[p])
+        mod50, mod99 = q(m[p], model, '0.5', m0[p]), q(m[p], model, '0.99', m0[p])
+        print(f"| capture → predicted ({p}) | {fmt(lat50)} | {fmt(lat99)} | {fmt(q(m[p], name, '0.99'))} |")
+        print(f"| model inference ({p}) | {fmt(mod50)} | {fmt(mod99)} | {fmt(q(m[p], model, '0.99'))} |")
         if None not in (lat50, lat99, mod50, mod99):
             print(f"| pipeline overhead ({p}): latency − model time | {fmt(lat50 - mod50)} | "
-                  f"{fmt(lat99 - mod99)} |")
+                  f"{fmt(lat99 - mod99)} | |")
     name = "lookout_viewer_capture_to_shown_seconds"
-    print(f"| capture → shown (viewer, MJPEG part written) | {fmt(q(view, name, '0.5'))} | {fmt(q(view, name, '0.99'))} |")
+    print(f"| capture → shown (viewer, MJPEG part written) | {fmt(q(view, name, '0.5', m0['viewer']))} | "
+          f"{fmt(q(view, name, '0.99', m0['viewer']))} | {fmt(q(view, name, '0.99'))} |")
     print()
     print("| stage | frames | dropped | note |")
     print("|---|---:|---:|---|")
