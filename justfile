@@ -21,6 +21,11 @@ verify:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
+# Supply chain against deny.toml: known vulnerabilities (RustSec, fetched from GitHub), licences,
+# duplicate versions, sources. Needs `cargo install cargo-deny --locked`.
+deny:
+    cargo deny --locked check --hide-inclusion-graph
+
 # The whole pipeline on this machine: open the printed viewer URL; Ctrl-C stops it.
 demo *ARGS:
     cargo run --release -p lookout -- demo {{ARGS}}
