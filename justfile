@@ -21,6 +21,19 @@ verify:
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
+# Supply chain against deny.toml: known vulnerabilities (RustSec, fetched from GitHub), licences,
+# duplicate versions, sources. Needs `cargo install cargo-deny --locked`.
+deny:
+    cargo deny --locked check --hide-inclusion-graph
+
+# Every fuzz target for SECONDS each (fuzz/: message decoding and headers, MJPEG splitting,
+# predictor decode + preprocess, model manifests, durations and sizes), starting from the corpus
+# kept in fuzz/corpus. Needs a nightly toolchain and `cargo install cargo-fuzz --locked`.
+# No AddressSanitizer: the C libraries under lookout-bus (librdkafka, zstd) do not build with it,
+# and the fuzzed code is safe Rust; panics, overflow checks and debug assertions are the findings.
+fuzz SECONDS="60":
+    for t in messages mjpeg frame manifest units; do cargo +nightly fuzz run --sanitizer none "$t" -- -max_total_time={{SECONDS}} || exit 1; done
+
 # The whole pipeline on this machine: open the printed viewer URL; Ctrl-C stops it.
 demo *ARGS:
     cargo run --release -p lookout -- demo {{ARGS}}

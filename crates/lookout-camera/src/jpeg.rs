@@ -314,15 +314,7 @@ impl JpegOptions {
             Some((w, h)) => image::imageops::resize(&image, w, h, FilterType::Triangle),
             None => image,
         };
-        let (width, height) = image.dimensions();
-        let mut out = Vec::with_capacity(width as usize * height as usize / 4);
-        JpegEncoder::new_with_quality(&mut out, self.quality.clamp(1, 100)).write_image(
-            image.as_raw(),
-            width,
-            height,
-            ExtendedColorType::Rgb8,
-        )?;
-        Ok(Jpeg { data: out.into(), width, height })
+        encode(&image, self.quality)
     }
 
     /// ffmpeg's `-q:v` (2 best … 31 worst) closest to this quality.
@@ -330,6 +322,86 @@ impl JpegOptions {
         let q = u32::from(self.quality.clamp(1, 100));
         (2 + ((100 - q) * 29 + 49) / 99) as u8
     }
+}
+
+/// Qualities tried, best first, when a frame is over a byte budget: the first one used is the
+/// lower of `--jpeg-quality` and the first of these.
+const SHRINK_QUALITIES: [u8; 3] = [75, 60, 45];
+
+/// The smallest side a frame is scaled down to while shrinking it; a frame that does not fit
+/// at this size does not fit at all.
+pub const MIN_SHRUNK_SIDE: u32 = 32;
+
+/// Each scaling step makes the sides at most this fraction of the last try's, so shrinking
+/// always ends.
+const MAX_SCALE_STEP: f64 = 0.9;
+
+/// What [`shrink`] made of a frame over its byte budget.
+#[derive(Debug, Clone)]
+pub enum Shrunk {
+    /// The frame, encoded again within the budget.
+    Fits {
+        /// The new JPEG.
+        jpeg: Jpeg,
+        /// The quality it was encoded at.
+        quality: u8,
+    },
+    /// Not even [`MIN_SHRUNK_SIDE`] pixels on a side at the lowest quality fit the budget.
+    CannotFit {
+        /// The smallest encoding tried, in bytes.
+        smallest: usize,
+    },
+}
+
+/// Makes a JPEG fit in `budget` bytes: decoded once, encoded again at lower qualities (from
+/// `quality`, or 75 if that is lower, down to 45), then, at the lowest of those, scaled down,
+/// keeping the aspect ratio, until it fits. Each scaled try is sized from the last one's bytes
+/// (a JPEG's size follows its pixel count), so it takes a few encodings, not dozens.
+///
+/// Meant for a JPEG over the budget: it is encoded again whatever its size.
+pub fn shrink(data: &[u8], budget: usize, quality: u8) -> Result<Shrunk, image::ImageError> {
+    let rgb = image::load_from_memory_with_format(data, image::ImageFormat::Jpeg)?.into_rgb8();
+    let first = quality.clamp(1, 100).min(SHRINK_QUALITIES[0]);
+    let qualities =
+        std::iter::once(first).chain(SHRINK_QUALITIES.into_iter().filter(|q| *q < first));
+    let mut last = (data.len(), first);
+    for q in qualities {
+        let jpeg = encode(&rgb, q)?;
+        if jpeg.data.len() <= budget {
+            return Ok(Shrunk::Fits { jpeg, quality: q });
+        }
+        last = (jpeg.data.len(), q);
+    }
+    let (mut size, quality) = last;
+    let (width, height) = (f64::from(rgb.width()), f64::from(rgb.height()));
+    let mut scale = 1.0;
+    loop {
+        // The sides follow the square root of the bytes to lose, with a margin.
+        scale *= ((budget as f64 / size as f64).sqrt() * MAX_SCALE_STEP).min(MAX_SCALE_STEP);
+        let (w, h) = ((width * scale).round(), (height * scale).round());
+        if w < f64::from(MIN_SHRUNK_SIDE) || h < f64::from(MIN_SHRUNK_SIDE) {
+            return Ok(Shrunk::CannotFit { smallest: size });
+        }
+        let small = image::imageops::resize(&rgb, w as u32, h as u32, FilterType::Triangle);
+        let jpeg = encode(&small, quality)?;
+        if jpeg.data.len() <= budget {
+            return Ok(Shrunk::Fits { jpeg, quality });
+        }
+        size = jpeg.data.len();
+    }
+}
+
+/// Encodes RGB pixels as they are.
+fn encode(image: &RgbImage, quality: u8) -> Result<Jpeg, image::ImageError> {
+    let (width, height) = image.dimensions();
+    let mut out = Vec::with_capacity(width as usize * height as usize / 4);
+    JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100)).write_image(
+        image.as_raw(),
+        width,
+        height,
+        ExtendedColorType::Rgb8,
+    )?;
+    Ok(Jpeg { data: out.into(), width, height })
 }
 
 /// The first complete JPEG in `data`, or `data` itself when none ends cleanly.
@@ -464,6 +536,66 @@ mod tests {
         assert_eq!(dimensions(&small.data), Some((32, 24)));
 
         assert!(JpegOptions::default().from_jpeg(Bytes::from_static(b"nope")).is_err());
+    }
+
+    /// A `w`x`h` image of random pixels (which JPEG cannot compress much) at quality 95.
+    fn noisy(w: u32, h: u32) -> Bytes {
+        let mut state = 0x2545_f491_u32;
+        let img = RgbImage::from_fn(w, h, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let [r, g, b, _] = state.to_le_bytes();
+            image::Rgb([r, g, b])
+        });
+        JpegOptions { quality: 95, ..Default::default() }.from_rgb(img).unwrap().data
+    }
+
+    fn fitted(s: Shrunk) -> (Jpeg, u8) {
+        match s {
+            Shrunk::Fits { jpeg, quality } => (jpeg, quality),
+            Shrunk::CannotFit { smallest } => panic!("does not fit (smallest {smallest} bytes)"),
+        }
+    }
+
+    #[test]
+    fn shrinking_lowers_the_quality_before_the_size() {
+        let smooth = JpegOptions { quality: 100, ..Default::default() }
+            .from_rgb(RgbImage::from_fn(320, 240, |x, y| {
+                image::Rgb([(x / 2) as u8, (y / 2) as u8, 128])
+            }))
+            .unwrap()
+            .data;
+        let budget = smooth.len() / 2;
+        let (jpeg, quality) = fitted(shrink(&smooth, budget, 85).unwrap());
+        assert!(jpeg.data.len() <= budget, "{} > {budget}", jpeg.data.len());
+        assert_eq!((jpeg.width, jpeg.height), (320, 240), "full size, lower quality");
+        assert!(quality <= 75);
+        assert_eq!(dimensions(&jpeg.data), Some((320, 240)));
+    }
+
+    #[test]
+    fn shrinking_scales_down_when_quality_is_not_enough() {
+        let big = noisy(400, 300);
+        let budget = big.len() / 20;
+        let (jpeg, quality) = fitted(shrink(&big, budget, 85).unwrap());
+        assert!(jpeg.data.len() <= budget, "{} > {budget}", jpeg.data.len());
+        assert_eq!(quality, 45, "the lowest quality before scaling");
+        assert!(jpeg.width < 400 && jpeg.width >= MIN_SHRUNK_SIDE);
+        let aspect = f64::from(jpeg.width) / f64::from(jpeg.height);
+        assert!((aspect - 4.0 / 3.0).abs() < 0.05, "aspect ratio kept: {aspect}");
+        let decoded = image::load_from_memory(&jpeg.data).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (jpeg.width, jpeg.height));
+    }
+
+    #[test]
+    fn a_budget_nothing_fits_in_is_reported() {
+        let big = noisy(200, 150);
+        match shrink(&big, 100, 85).unwrap() {
+            Shrunk::CannotFit { smallest } => assert!(smallest > 100),
+            Shrunk::Fits { jpeg, .. } => panic!("{} bytes fit in 100", jpeg.data.len()),
+        }
+        assert!(shrink(b"not a jpeg", 100, 85).is_err());
     }
 
     #[test]

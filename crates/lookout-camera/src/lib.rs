@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! source ──▶ capture task ──▶ FrameQueue (drop-oldest) ──▶ publish loop ──▶ lookout.frames
-//!            (encode once)     8 frames                    ≤16 unacknowledged
+//!            (encode once,     8 frames                    ≤16 unacknowledged
+//!             shrink to fit)
 //! ```
 //!
 //! Modules:
@@ -15,6 +16,8 @@
 //!   and encoding;
 //! - [`sequence`]: sequence numbers that keep increasing across restarts
 //!   (`start_unix_millis * 1000 + frame_index`);
+//! - `fit`: frames over the producer's `message.max.bytes` encoded again, smaller
+//!   ([`jpeg::shrink`]), or dropped and counted when they cannot fit;
 //! - `queue` and `publish`: the bounded drop-oldest queue and the publishing loop;
 //! - [`metrics`]: metric names.
 //!
@@ -39,6 +42,7 @@
 
 mod args;
 mod error;
+mod fit;
 pub mod jpeg;
 pub mod metrics;
 mod publish;
@@ -56,12 +60,14 @@ use tracing::{info, warn};
 
 pub use args::{Args, CameraArgs, IMAGES_FPS, SYNTHETIC_FPS};
 pub use error::CameraError;
+pub use fit::MESSAGE_OVERHEAD;
 pub use metrics::Summary;
 pub use publish::MAX_IN_FLIGHT;
 pub use service::main;
 pub use source::{SourceSpec, WebcamRef};
 
 use crate::{
+    fit::Fitter,
     metrics::{DropReason, Stats},
     publish::{PublishLoop, Throttle},
     queue::{FrameQueue, Overflow},
@@ -167,8 +173,11 @@ impl Camera {
             if spec.is_live() || args.paced() { Overflow::DropOldest } else { Overflow::Wait };
         let queue = Arc::new(FrameQueue::new(QUEUE_FRAMES, overflow));
         let stop_capture = shutdown.child_token();
+        let fitter =
+            Fitter::new(&camera, bus.max_message_bytes(), args.jpeg_quality, Arc::clone(&stats));
         let capture = tokio::spawn(capture(
             source,
+            fitter,
             Arc::clone(&queue),
             Arc::clone(&stats),
             readiness,
@@ -193,6 +202,7 @@ impl Camera {
             camera_id = %camera,
             captured = s.captured,
             published = s.published,
+            shrunk = s.shrunk,
             dropped = s.dropped(),
             dropped_too_large = s.dropped_too_large,
             dropped_queue_full = s.dropped_queue_full,
@@ -245,10 +255,12 @@ async fn open(
     })
 }
 
-/// Takes frames from the source into the queue until the source ends or fails, or `stop`.
-/// Closes the queue when it returns, so publishing drains what is left and ends.
+/// Takes frames from the source, shrunk to fit the message limit, into the queue until the
+/// source ends or fails, or `stop`. Closes the queue when it returns, so publishing drains
+/// what is left and ends.
 async fn capture(
     mut source: Source,
+    mut fitter: Fitter,
     queue: Arc<FrameQueue<Captured>>,
     stats: Arc<Stats>,
     readiness: Readiness,
@@ -269,6 +281,15 @@ async fn capture(
         };
         readiness.set("source", true);
         let bytes = frame.jpeg.len();
+        let fitted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break Ok(()),
+            fitted = fitter.fit(frame) => fitted,
+        };
+        let Some(frame) = fitted else {
+            stats.captured(bytes); // and dropped as too large
+            continue;
+        };
         let dropped = tokio::select! {
             biased;
             () = stop.cancelled() => break Ok(()),

@@ -14,6 +14,8 @@ pub const FRAMES_CAPTURED: &str = "lookout_camera_frames_captured_total";
 pub const FRAMES_PUBLISHED: &str = "lookout_camera_frames_published_total";
 /// Frames not published, by `reason` (see [`DropReason`]).
 pub const FRAMES_DROPPED: &str = "lookout_camera_frames_dropped_total";
+/// Frames encoded again, smaller, to fit the producer's `message.max.bytes`.
+pub const FRAMES_SHRUNK: &str = "lookout_camera_frames_shrunk_total";
 /// Seconds from capture to the brokers' acknowledgement.
 pub const CAPTURE_TO_PUBLISH: &str = "lookout_camera_capture_to_publish_seconds";
 /// Size of each captured JPEG frame in bytes.
@@ -24,6 +26,10 @@ pub fn describe() {
     metrics::describe_counter!(FRAMES_CAPTURED, "Frames obtained from the source");
     metrics::describe_counter!(FRAMES_PUBLISHED, "Frames acknowledged by the Kafka brokers");
     metrics::describe_counter!(FRAMES_DROPPED, "Frames not published, by reason");
+    metrics::describe_counter!(
+        FRAMES_SHRUNK,
+        "Frames encoded again at a lower quality or size to fit the message limit"
+    );
     metrics::describe_histogram!(
         CAPTURE_TO_PUBLISH,
         metrics::Unit::Seconds,
@@ -39,7 +45,7 @@ pub enum DropReason {
     QueueFull,
     /// The Kafka producer's own queue was full (brokers slow or down).
     ProducerQueueFull,
-    /// The frame is larger than the producer's `message.max.bytes`.
+    /// The frame does not fit the producer's `message.max.bytes`, even shrunk.
     TooLarge,
     /// The brokers did not acknowledge the frame within `message.timeout.ms`.
     DeliveryFailed,
@@ -79,11 +85,13 @@ pub struct Summary {
     pub captured: u64,
     /// Frames the brokers acknowledged.
     pub published: u64,
+    /// Frames encoded again, smaller, to fit `message.max.bytes` (published or not).
+    pub shrunk: u64,
     /// Frames dropped because the capture queue was full (drop-oldest).
     pub dropped_queue_full: u64,
     /// Frames dropped because the producer's queue was full.
     pub dropped_producer_queue_full: u64,
-    /// Frames refused for being larger than `message.max.bytes`.
+    /// Frames that did not fit `message.max.bytes`, even shrunk.
     pub dropped_too_large: u64,
     /// Frames the brokers did not acknowledge in time.
     pub dropped_delivery_failed: u64,
@@ -115,6 +123,7 @@ impl Summary {
 pub(crate) struct Stats {
     captured: AtomicU64,
     published: AtomicU64,
+    shrunk: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     first_sequence: AtomicU64,
     last_sequence: AtomicU64,
@@ -131,6 +140,11 @@ impl Stats {
         self.published.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(FRAMES_PUBLISHED).increment(1);
         metrics::histogram!(CAPTURE_TO_PUBLISH).record(capture_to_ack.as_secs_f64());
+    }
+
+    pub(crate) fn shrunk(&self) {
+        self.shrunk.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(FRAMES_SHRUNK).increment(1);
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) {
@@ -151,6 +165,7 @@ impl Stats {
         Summary {
             captured: self.captured.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
+            shrunk: self.shrunk.load(Ordering::Relaxed),
             dropped_queue_full: d(DropReason::QueueFull),
             dropped_producer_queue_full: d(DropReason::ProducerQueueFull),
             dropped_too_large: d(DropReason::TooLarge),

@@ -294,19 +294,24 @@ async fn a_stream_that_ends_is_reconnected() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frames_over_the_message_limit_are_skipped_and_counted() {
-    let t = TestBus::start();
+/// A camera bus whose producer sends messages of at most `limit` bytes.
+async fn bus_with_limit(t: &TestBus, limit: usize) -> Bus {
     t.create_registry_topics().await;
-    // rocket.jpg (112 kB) is sent as it is, so it is over the limit; the PNGs, encoded at
-    // quality 60, are well under it.
-    let limit = 100_000;
-    let rocket = std::fs::metadata(fixtures().join("rocket.jpg")).unwrap().len();
-    assert!(rocket > limit);
     let config = lookout_camera::producer_config(
         t.config("lookout-camera").with_opt("message.max.bytes", &limit.to_string()),
     );
-    let bus = Bus::new(config).unwrap();
+    Bus::new(config).expect("bus")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_message_limit_is_encoded_again_at_a_lower_quality() {
+    let t = TestBus::start();
+    // rocket.jpg (112 kB) would be sent as it is, over the limit; at quality 60 it fits at
+    // its own size. The PNGs, encoded at quality 60, are well under the limit.
+    let limit = 100_000;
+    let rocket = std::fs::metadata(fixtures().join("rocket.jpg")).unwrap().len();
+    assert!(rocket > limit as u64);
+    let bus = bus_with_limit(&t, limit).await;
     let mut a = args(&format!("images:{}", fixtures().display()));
     a.no_pace = true;
     a.fps = Some(10.0);
@@ -315,13 +320,94 @@ async fn frames_over_the_message_limit_are_skipped_and_counted() {
     a.frames = Some(6);
     let summary =
         lookout_camera::run(a, bus, Readiness::default(), CancellationToken::new()).await.unwrap();
-    assert_eq!(summary.published, 6, "the run went on past the oversize frames");
-    assert_eq!(summary.dropped_too_large, 2, "rocket came up twice and was skipped twice");
+    assert_eq!(summary.published, 6);
+    assert!(summary.shrunk >= 2, "rocket came up twice and was shrunk each time: {summary:?}");
+    assert_eq!(summary.dropped(), 0);
 
     let frames = read_frames(&t).await;
     let sizes: Vec<_> = frames.iter().map(|(_, f)| decoded_size(f)).collect();
-    assert_eq!(sizes, [PHOTO_SIZES[0], PHOTO_SIZES[1]].repeat(3));
+    assert_eq!(sizes, PHOTO_SIZES.repeat(2), "every photo at its own size");
     assert_consecutive(&frames);
+    for (_, f) in &frames {
+        assert!(f.data.len() < limit, "{} bytes", f.data.len());
+    }
+}
+
+/// A 12-megapixel photo (4000x3000): a sample photo scaled up, with strong noise (sensor noise
+/// in poor light) so that even at a low quality it does not fit 1 MB, encoded at quality 92. Returns its path and size in bytes.
+fn twelve_megapixel_photo(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let sample = image::open(fixtures().join("rocket.jpg")).expect("sample photo").into_rgb8();
+    let mut photo =
+        image::imageops::resize(&sample, 4000, 3000, image::imageops::FilterType::Triangle);
+    let mut state = 0x9e37_79b9_u32;
+    for p in photo.pixels_mut() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        for (v, n) in p.0.iter_mut().zip([a, b, c]) {
+            *v = v.saturating_add(n % 96).saturating_sub(48);
+        }
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92)
+        .encode_image(&photo)
+        .expect("encodes");
+    let path = dir.join("twelve-megapixels.jpg");
+    std::fs::write(&path, &jpeg).unwrap();
+    (path, jpeg.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twelve_megapixel_photo_is_shrunk_until_it_fits_and_published() {
+    let t = TestBus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (photo, size) = twelve_megapixel_photo(dir.path());
+    let bus = bus_with_limit(&t, 1_000_000).await; // librdkafka's default
+    let limit = bus.max_message_bytes();
+    assert!(size > 2 * limit, "the photo ({size} bytes) is well over the limit");
+
+    let mut a = args(&format!("images:{}", photo.display()));
+    a.no_pace = true;
+    a.frames = Some(2);
+    let summary =
+        lookout_camera::run(a, bus, Readiness::default(), CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.published, 2);
+    // Frames captured while the last ones were published are shrunk too (from the kept result).
+    assert!(summary.shrunk >= 2, "{summary:?}");
+    assert_eq!(summary.dropped(), 0);
+
+    let frames = read_frames(&t).await;
+    assert_eq!(frames.len(), 2);
+    let (_, frame) = &frames[0];
+    assert!(frame.data.len() < limit, "{} bytes, limit {limit}", frame.data.len());
+    let (width, height) = decoded_size(frame);
+    assert!((1000..4000).contains(&width), "scaled down, not to a thumbnail: {width}x{height}");
+    assert!((width * 3).abs_diff(height * 4) <= 4, "aspect ratio kept: {width}x{height}");
+    assert_eq!(frames[1].1.data, frame.data, "the photo held on screen is shrunk once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_cannot_fit_are_dropped_and_counted() {
+    let t = TestBus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let video = make_video(dir.path(), "clip.mp4", 320, 240, 10, 1);
+    // librdkafka's smallest message.max.bytes: no JPEG fits in what is left of it.
+    let bus = bus_with_limit(&t, 1000).await;
+    let mut a = args(&format!("file:{}", video.display()));
+    a.no_pace = true;
+    let summary = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        lookout_camera::run(a, bus, Readiness::default(), CancellationToken::new()),
+    )
+    .await
+    .expect("the camera stops at the end of the file")
+    .unwrap();
+    assert_eq!(summary.captured, 10);
+    assert_eq!(summary.published, 0);
+    assert_eq!(summary.shrunk, 0);
+    assert_eq!(summary.dropped_too_large, 10, "every frame is counted");
+    assert!(read_frames(&t).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

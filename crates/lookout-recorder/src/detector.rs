@@ -13,7 +13,11 @@
 //!   gap like any other. A new stream has no expected sequence yet: it starts, the same way,
 //!   from the lowest sequence received.
 //! - A prediction at or below the last decided sequence, or already waiting, is ignored, so
-//!   re-delivered predictions change nothing.
+//!   re-delivered predictions change nothing, unless it is [`RESTART_DISTANCE`] or more below
+//!   it: then it belongs to a new run of the camera (restarted with its clock set back, or
+//!   after a sequence forged far ahead), and the stream starts again as a new one would, from
+//!   the lowest sequence received, keeping its stable label (a [`SkipReason::Restart`]). One
+//!   bad sequence cannot silence a camera for good.
 //!
 //! Deciding a frame: a **run** is a series of consecutive decided frames with the same top-1
 //! label, each scoring at least `min_score`, different from the current **stable** label. When
@@ -31,6 +35,12 @@
 //! `window_timeout` late), it is the same whatever the arrival order and duplicates.
 
 use std::{collections::BTreeMap, time::Duration};
+
+/// How far below the last decided sequence a prediction must be to start a new run of the
+/// camera rather than be a late one. The camera numbers frames `start_unix_millis * 1000 +
+/// index`, so this is one second of start time, or more than nine hours of frames at 30 fps:
+/// far beyond any re-delivery or reordering.
+pub const RESTART_DISTANCE: u64 = 1_000_000;
 
 /// A label as change detection sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +146,9 @@ pub enum SkipReason {
     WindowFull,
     /// The missing sequence did not come within `window_timeout`.
     Timeout,
+    /// A prediction came [`RESTART_DISTANCE`] or more below the last decided sequence: a new
+    /// run of the camera starts (`to` is below `from`).
+    Restart,
 }
 
 /// A gap of sequences given up on.
@@ -244,9 +257,22 @@ impl Detector {
     /// Offers one prediction and decides what can be decided.
     pub fn offer(&mut self, observation: Observation, now: Duration) -> Outcome {
         let mut out = Outcome::default();
-        if self.state.last_decided.is_some_and(|d| observation.sequence <= d) {
-            out.ignored = Some(Ignored::AlreadyDecided);
-            return out;
+        if let Some(decided) = self.state.last_decided
+            && observation.sequence <= decided
+        {
+            if decided - observation.sequence < RESTART_DISTANCE {
+                out.ignored = Some(Ignored::AlreadyDecided);
+                return out;
+            }
+            // A new run: start again like a new stream, the stable label kept.
+            out.skips.push(Skip {
+                from: decided.saturating_add(1),
+                to: observation.sequence,
+                reason: SkipReason::Restart,
+            });
+            self.state.last_decided = None;
+            self.state.run = None;
+            self.waiting_since = None;
         }
         if self.window.contains_key(&observation.sequence) {
             out.ignored = Some(Ignored::AlreadyWaiting);
@@ -553,6 +579,38 @@ mod tests {
         assert_eq!(out.skips.len(), 1);
         assert!(out.changes.is_empty(), "B held only 2 consecutive frames after the gap");
         assert_eq!(d.state().run.as_ref().map(|r| r.start), Some(BASE + 6));
+    }
+
+    #[test]
+    fn a_sequence_far_below_starts_a_new_run_and_keeps_the_stable_label() {
+        let c = DetectorConfig { min_frames: 2, ..config() };
+        let mut d = Detector::new(c);
+        let mut changes = Vec::new();
+        // A forged prediction far ahead is decided once the gap times out…
+        let forged = Observation { sequence: u64::MAX - 1, ..obs(0, "X", 0.9) };
+        for o in [obs(0, "A", 0.9), obs(1, "A", 0.9)] {
+            changes.extend(d.offer(o, NOW).changes);
+        }
+        changes.extend(d.tick(LATER).changes);
+        changes.extend(d.offer(forged, LATER).changes);
+        changes.extend(d.tick(LATER * 2).changes);
+        assert_eq!(d.state().last_decided, Some(u64::MAX - 1));
+        // …a late prediction just below is still a late one…
+        let late = Observation { sequence: u64::MAX - 5, ..obs(0, "A", 0.9) };
+        assert_eq!(d.offer(late, LATER * 2).ignored, Some(Ignored::AlreadyDecided));
+        // …but the camera's real sequences, far below, are a new run, not silence.
+        let out = d.offer(obs(2, "B", 0.9), LATER * 2);
+        assert_eq!(out.ignored, None);
+        assert_eq!(out.skips[0].reason, SkipReason::Restart);
+        changes.extend(out.changes);
+        changes.extend(d.tick(LATER * 3).changes);
+        changes.extend(d.offer(obs(3, "B", 0.9), LATER * 3).changes);
+        assert_eq!(
+            summary(&changes),
+            vec![(0, None, "A".into()), (2, Some("A".into()), "B".into())],
+            "the forged X was one frame, never a change; B is, against the kept A"
+        );
+        assert_eq!(d.state().last_decided, Some(BASE + 3));
     }
 
     #[test]

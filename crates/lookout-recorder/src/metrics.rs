@@ -5,7 +5,8 @@
 pub const PREDICTIONS: &str = "lookout_recorder_predictions_total";
 /// Frames decided by change detection (in sequence order).
 pub const FRAMES_DECIDED: &str = "lookout_recorder_frames_decided_total";
-/// Gaps in a camera's sequence given up on, by `reason`: `timeout`, `window_full`.
+/// Gaps in a camera's sequence given up on, by `reason`: `timeout`, `window_full`, `restart`
+/// (the sequence went far back: a new run of the camera).
 pub const GAPS_SKIPPED: &str = "lookout_recorder_gaps_skipped_total";
 /// Changes stored.
 pub const CHANGES: &str = "lookout_recorder_changes_total";

@@ -649,9 +649,14 @@ impl Inner {
             let reason = match skip.reason {
                 SkipReason::Timeout => "timeout",
                 SkipReason::WindowFull => "window_full",
+                SkipReason::Restart => "restart",
             };
             metrics::counter!(m::GAPS_SKIPPED, "reason" => reason).increment(1);
-            warn!(camera = %key.camera_id, from = skip.from, to = skip.to, reason, "missing predictions given up on; a change next to them may be missed");
+            if skip.reason == SkipReason::Restart {
+                warn!(camera = %key.camera_id, from = skip.from, to = skip.to, reason, "sequence went far back: a new run of the camera (restarted with its clock set back, or an earlier sequence was forged); starting again from it");
+            } else {
+                warn!(camera = %key.camera_id, from = skip.from, to = skip.to, reason, "missing predictions given up on; a change next to them may be missed");
+            }
         }
         for ((c, id), missing) in decision.changes.iter().zip(ids).zip(&plan.missing) {
             self.stats.changes.fetch_add(1, Ordering::SeqCst);

@@ -4,13 +4,14 @@ use axum::{
     Json, Router,
     extract::{Path, Query, State},
     http::{HeaderValue, Uri, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Deserialize;
 
 use crate::{
-    ApiError, ViewerState, assets, events,
+    ApiError, ViewerState, assets, auth, events,
     mjpeg::{self, ClientGuard},
     overlay,
     state::Camera,
@@ -20,9 +21,12 @@ use crate::{
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
                    script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
 
-/// The viewer's router: the page, its files, the API and the streams. No CORS layer: other
-/// origins cannot read the API from a browser.
+/// The viewer's router: the page, its files, the API and the streams, behind the token check
+/// when there is a token ([`crate::auth`]), every response with `nosniff` and
+/// `Cross-Origin-Resource-Policy: same-origin`. No CORS layer: other origins cannot read the
+/// API from a browser.
 pub fn app(state: ViewerState) -> Router {
+    let token = state.config().auth_token.clone();
     Router::new()
         .route("/", get(index))
         .route("/static/{name}", get(static_file))
@@ -33,10 +37,12 @@ pub fn app(state: ViewerState) -> Router {
         .route("/cameras/{id}/snapshot.jpg", get(snapshot))
         .fallback(not_found)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(token, auth::require_token))
+        .layer(middleware::map_response(auth::security_headers))
 }
 
 async fn index() -> Response {
-    let mut response = (
+    (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -45,21 +51,17 @@ async fn index() -> Response {
         ],
         assets::INDEX,
     )
-        .into_response();
-    nosniff(&mut response);
-    response
+        .into_response()
 }
 
 async fn static_file(Path(name): Path<String>) -> Result<Response, ApiError> {
     let asset = assets::find(&name)
         .ok_or_else(|| ApiError::NotFound { path: format!("/static/{name}") })?;
-    let mut response = (
+    Ok((
         [(header::CONTENT_TYPE, asset.content_type), (header::CACHE_CONTROL, "no-cache")],
         asset.body,
     )
-        .into_response();
-    nosniff(&mut response);
-    Ok(response)
+        .into_response())
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -114,7 +116,6 @@ async fn stream(
         .into_response();
     // Tell buffering proxies (nginx) to pass parts through at once.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    nosniff(&mut response);
     Ok(response)
 }
 
@@ -129,7 +130,6 @@ async fn snapshot(
     )
         .into_response();
     response.headers_mut().insert("x-lookout-sequence", HeaderValue::from(frame.sequence));
-    nosniff(&mut response);
     Ok(response)
 }
 
@@ -152,10 +152,4 @@ fn admit(state: &ViewerState, kind: &'static str) -> Result<ClientGuard, ApiErro
 fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-fn nosniff(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }

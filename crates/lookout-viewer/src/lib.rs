@@ -14,7 +14,9 @@
 //! - JSON events, serialised once and fanned out to event clients over a bounded broadcast
 //!   channel (a lagging client skips).
 //!
-//! Modules: [`http`] (the router, [`app`]), `mjpeg` (multipart bodies), `events` (SSE),
+//! Modules: [`http`] (the router, [`app`]), [`server`] (connections: limits and timeouts),
+//! `auth` (the optional token, headers on every response), `mjpeg` (multipart bodies),
+//! `events` (SSE),
 //! `overlay` (the label burned into frames, rendered once per frame per camera), `assets`
 //! (the page, compiled in), [`metrics`] (metric names).
 //!
@@ -22,29 +24,36 @@
 //! server never waits on an endless MJPEG body.
 
 mod assets;
+mod auth;
 mod error;
 mod events;
 pub mod http;
 pub mod metrics;
 mod mjpeg;
 mod overlay;
+pub mod server;
 mod service;
 mod state;
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use lookout_bus::{Bus, BusError, Incoming, topics};
 use lookout_proto::v1::{Frame, Prediction, PredictionChange};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+pub use auth::AuthToken;
 pub use error::{ApiError, ViewerError};
 pub use http::app;
+pub use server::ServerLimits;
 pub use service::{Args, main};
 pub use state::{
     CameraInfo, ChangeInfo, CurrentLabel, CurrentObjects, Event, LabelView, ObjectView,
-    RECENT_CHANGES, ViewerConfig, ViewerState,
+    RECENT_CHANGES, REORDER_WINDOW, ViewerConfig, ViewerState,
 };
 
 /// The viewer's own options.
@@ -58,9 +67,37 @@ pub struct ViewerArgs {
     #[arg(long, env = "LOOKOUT_VIEWER_MAX_CLIENTS", default_value_t = 64)]
     pub max_clients: usize,
 
-    /// Cameras tracked; frames of further cameras are dropped.
+    /// Cameras tracked; frames of further cameras are dropped until one is idle.
     #[arg(long, env = "LOOKOUT_VIEWER_MAX_CAMERAS", default_value_t = 256)]
     pub max_cameras: usize,
+
+    /// A camera that sent no frame or prediction for this long is forgotten (its streams end).
+    #[arg(long, env = "LOOKOUT_VIEWER_CAMERA_IDLE", default_value = "2m", value_parser = lookout_service::parse_duration)]
+    pub camera_idle: Duration,
+
+    /// Require this token on every request: the password of the browser's sign-in (any user
+    /// name) or `Authorization: Bearer TOKEN`. Empty: no authentication.
+    #[arg(
+        long,
+        env = "LOOKOUT_VIEWER_AUTH_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub auth_token: String,
+
+    /// Open connections at most; more are closed when accepted.
+    #[arg(long, env = "LOOKOUT_VIEWER_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a request's headers (from connecting, or the end of its
+    /// previous response).
+    #[arg(long, env = "LOOKOUT_VIEWER_HEADER_TIMEOUT", default_value = "10s", value_parser = lookout_service::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// A connection whose client takes no bytes for this long is closed (a stalled stream).
+    #[arg(long, env = "LOOKOUT_VIEWER_WRITE_TIMEOUT", default_value = "20s", value_parser = lookout_service::parse_duration)]
+    pub write_timeout: Duration,
 
     /// Burn the label and the detected boxes into streams unless a client asks for
     /// `?overlay=0`.
@@ -80,6 +117,13 @@ impl ViewerArgs {
             max_cameras: self.max_cameras,
             overlay_default: self.overlay_default,
             overlay_quality: self.overlay_quality,
+            camera_idle: self.camera_idle,
+            auth_token: AuthToken::new(&self.auth_token),
+            server: ServerLimits {
+                max_connections: self.max_connections,
+                header_timeout: self.header_timeout,
+                write_timeout: self.write_timeout,
+            },
         }
     }
 }
@@ -107,13 +151,30 @@ pub async fn run(
         }
         r
     };
-    let (followed, served) = tokio::join!(following, serving);
+    let (followed, served, ()) = tokio::join!(following, serving, forget_idle(&state, &shutdown));
     followed?;
     served
 }
 
-/// Serves [`app`] on `listener` until `shutdown` is cancelled; open streams end then, so this
-/// returns promptly.
+/// Forgets idle cameras every quarter of `--camera-idle` (between 1 s and 1 min) until
+/// `shutdown`.
+async fn forget_idle(state: &ViewerState, shutdown: &CancellationToken) {
+    let every =
+        (state.config().camera_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                state.forget_idle(Instant::now());
+            }
+        }
+    }
+}
+
+/// Serves [`app`] on `listener`, with the limits of [`ViewerConfig::server`], until
+/// `shutdown` is cancelled; open streams end then, so this returns promptly.
 pub async fn serve(
     listener: TcpListener,
     state: ViewerState,
@@ -122,11 +183,13 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| ViewerError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
-    info!(addr = %addr, url = %format!("http://{addr}/"), "viewer listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|source| ViewerError::Serve { addr, source })?;
+    let limits = state.config().server;
+    let authenticated = state.config().auth_token.is_some();
+    info!(addr = %addr, url = %format!("http://{addr}/"), authenticated, max_connections = limits.max_connections, "viewer listening");
+    if !authenticated && !addr.ip().is_loopback() {
+        warn!(addr = %addr, "the viewer is reachable from other machines without authentication: set --auth-token");
+    }
+    server::serve(listener, app(state), limits, shutdown).await;
     info!(addr = %addr, "viewer stopped serving");
     Ok(())
 }

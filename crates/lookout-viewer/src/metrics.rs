@@ -27,3 +27,13 @@ pub const CAPTURE_TO_SHOWN_SECONDS: &str = "lookout_viewer_capture_to_shown_seco
 pub const OVERLAY_RENDERS: &str = "lookout_viewer_overlay_renders_total";
 /// Time to decode, draw and encode one overlay frame.
 pub const OVERLAY_RENDER_SECONDS: &str = "lookout_viewer_overlay_render_seconds";
+/// Connections open now.
+pub const OPEN_CONNECTIONS: &str = "lookout_viewer_open_connections";
+/// Connections closed as soon as they were accepted because `--max-connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "lookout_viewer_connections_refused_total";
+/// Connections ended because the client took no bytes for `--write-timeout`.
+pub const WRITE_TIMEOUTS: &str = "lookout_viewer_write_timeouts_total";
+/// Requests refused for a missing or wrong `--auth-token`.
+pub const UNAUTHORIZED: &str = "lookout_viewer_unauthorized_total";
+/// Cameras forgotten after `--camera-idle` without a frame or prediction.
+pub const CAMERAS_FORGOTTEN: &str = "lookout_viewer_cameras_forgotten_total";

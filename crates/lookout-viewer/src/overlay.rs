@@ -4,8 +4,8 @@
 //! One renderer task per camera, started by its first overlay client, renders each new frame
 //! once into the camera's overlay slot, which every overlay client watches: the cost is per
 //! frame, never per client. When the top label's name or the classes found change it redraws
-//! the current frame at once rather than waiting for the next one. The task idles (and clears the slot) while no
-//! client watches.
+//! the current frame at once rather than waiting for the next one. The task idles (and clears
+//! the slot) while no client watches, and ends when the camera is forgotten (idle).
 //! Text is drawn with the public-domain 8×8 bitmap font of `font8x8`; no font files.
 
 use std::{
@@ -70,6 +70,7 @@ async fn render_loop(camera: Arc<Camera>, quality: u8, shutdown: CancellationTok
             camera.overlay.send_replace(None);
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = camera.forgotten.cancelled() => return,
                 () = camera.overlay_wanted.notified() => {}
             }
             frames.mark_changed();
@@ -77,6 +78,7 @@ async fn render_loop(camera: Arc<Camera>, quality: u8, shutdown: CancellationTok
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
+            () = camera.forgotten.cancelled() => return,
             () = camera.overlay.closed() => continue,
             changed = frames.changed() => if changed.is_err() { return },
             changed = labels.changed() => if changed.is_err() { return },

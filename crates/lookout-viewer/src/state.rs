@@ -7,6 +7,12 @@
 //!   seen; predictions of replicas arrive out of order and an older one never replaces a newer
 //!   one. Models are kept apart: a classifier gives the camera's label, a detector its objects
 //!   (boxes), each model ordered on its own.
+//! - Sequences are compared within a camera *run*: a frame or prediction more than
+//!   [`REORDER_WINDOW`] behind the newest is not late but the start of a new run (a camera
+//!   restarted with its clock set back, or a sequence forged far ahead before it), so it is
+//!   taken and later ones are compared with it; a tile never freezes on one bad sequence.
+//! - A camera that sent nothing for [`ViewerConfig::camera_idle`] is forgotten (its streams
+//!   end), so ids that come and go, forged or not, cannot hold the camera limit for good.
 //! - Recent prediction changes are kept in a bounded ring for `/api/changes`.
 //! - Events for `/api/events` are serialised once and fanned out over a bounded
 //!   [`broadcast`] channel; a lagging event client skips what it missed.
@@ -28,9 +34,9 @@ use lookout_proto::{
 use serde::Serialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::metrics as m;
+use crate::{auth::AuthToken, metrics as m, server::ServerLimits};
 
 /// Prediction changes kept for `/api/changes`.
 pub const RECENT_CHANGES: usize = 50;
@@ -42,6 +48,15 @@ const FRAME_EVENT_INTERVAL: Duration = Duration::from_millis(250);
 const FPS_WINDOW: Duration = Duration::from_secs(2);
 /// Bound on the arrival times kept for the frame rate (1000 fps over the window).
 const FPS_SAMPLES: usize = 2000;
+/// How far behind a camera's newest sequence a frame or prediction may be and still be a late
+/// one of the same run (dropped); further behind, it starts a new run (taken).
+pub const REORDER_WINDOW: u64 = 1000;
+
+/// Whether `sequence` comes after `newest` in a camera's stream: higher, or so far below that
+/// it belongs to a new run.
+fn supersedes(sequence: u64, newest: u64) -> bool {
+    sequence > newest || newest - sequence > REORDER_WINDOW
+}
 
 /// Limits and defaults of a viewer.
 #[derive(Debug, Clone)]
@@ -54,11 +69,25 @@ pub struct ViewerConfig {
     pub overlay_default: bool,
     /// JPEG quality of overlay frames (1–100).
     pub overlay_quality: u8,
+    /// A camera that sent nothing (frame or prediction) for this long is forgotten.
+    pub camera_idle: Duration,
+    /// Every request must carry this token, when set.
+    pub auth_token: Option<AuthToken>,
+    /// Connection limits and timeouts of the HTTP server.
+    pub server: ServerLimits,
 }
 
 impl Default for ViewerConfig {
     fn default() -> Self {
-        Self { max_clients: 64, max_cameras: 256, overlay_default: false, overlay_quality: 80 }
+        Self {
+            max_clients: 64,
+            max_cameras: 256,
+            overlay_default: false,
+            overlay_quality: 80,
+            camera_idle: Duration::from_secs(120),
+            auth_token: None,
+            server: ServerLimits::default(),
+        }
     }
 }
 
@@ -254,11 +283,15 @@ pub(crate) struct Camera {
     pub(crate) label_names: watch::Sender<u64>,
     pub(crate) renderer_started: AtomicBool,
     pub(crate) overlay_renders: AtomicU64,
+    /// Cancelled when the camera is forgotten: its overlay renderer stops.
+    pub(crate) forgotten: CancellationToken,
     stats: Mutex<Stats>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Stats {
+    /// When a frame or prediction of the camera last arrived.
+    last_seen: Instant,
     arrivals: VecDeque<Instant>,
     received: Option<SystemTime>,
     last_frame_event: Option<Instant>,
@@ -268,8 +301,21 @@ struct Stats {
     detections: BTreeMap<String, CurrentObjects>,
 }
 
+impl Stats {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_seen: now,
+            arrivals: VecDeque::new(),
+            received: None,
+            last_frame_event: None,
+            labels: BTreeMap::new(),
+            detections: BTreeMap::new(),
+        }
+    }
+}
+
 impl Camera {
-    fn new(id: &str) -> Self {
+    fn new(id: &str, now: Instant) -> Self {
         Self {
             id: id.to_owned(),
             frames: watch::Sender::new(None),
@@ -278,7 +324,8 @@ impl Camera {
             label_names: watch::Sender::new(0),
             renderer_started: AtomicBool::new(false),
             overlay_renders: AtomicU64::new(0),
-            stats: Mutex::new(Stats::default()),
+            forgotten: CancellationToken::new(),
+            stats: Mutex::new(Stats::new(now)),
         }
     }
 
@@ -297,13 +344,13 @@ impl Camera {
         self.stats.lock().expect("not poisoned").detections.values().cloned().collect()
     }
 
-    /// Puts `frame` in the slot unless a frame with an equal or higher sequence is there.
-    /// Returns the slot's new frame.
+    /// Puts `frame` in the slot unless it is a late frame of the run there (see
+    /// [`REORDER_WINDOW`]). Returns the slot's new frame.
     fn offer(&self, frame: Frame, captured: Option<SystemTime>) -> Option<Arc<ShownFrame>> {
         let mut shown = None;
         self.frames.send_if_modified(|slot| {
             let index = match slot {
-                Some(current) if current.sequence >= frame.sequence => return false,
+                Some(current) if !supersedes(frame.sequence, current.sequence) => return false,
                 Some(current) => current.index + 1,
                 None => 0,
             };
@@ -385,18 +432,24 @@ impl ViewerState {
         &self.inner.shutdown
     }
 
-    /// Takes a frame from the frames topic. Frames older than the camera's newest are dropped
-    /// (frames are spread over partitions, so they arrive slightly out of order).
+    /// Takes a frame from the frames topic. Late frames (older than the camera's newest, by at
+    /// most [`REORDER_WINDOW`]) are dropped: frames are spread over partitions, so they arrive
+    /// slightly out of order.
     pub fn on_frame(&self, frame: Frame) {
+        self.on_frame_at(frame, Instant::now());
+    }
+
+    fn on_frame_at(&self, frame: Frame, now: Instant) {
         if frame.encoding() != Encoding::Jpeg || frame.data.is_empty() {
             metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "bad_frame").increment(1);
             debug!(camera_id = %frame.camera_id, sequence = frame.sequence, encoding = frame.encoding, "not a JPEG frame; skipped");
             return;
         }
-        let Some(camera) = self.camera_or_insert(&frame.camera_id) else {
+        let Some(camera) = self.camera_or_insert(&frame.camera_id, now) else {
             metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "too_many_cameras").increment(1);
             return;
         };
+        camera.stats.lock().expect("not poisoned").last_seen = now;
         let captured = frame.capture_time.as_ref().and_then(lookout_proto::system_time);
         let Some(shown) = camera.offer(frame, captured) else {
             metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "out_of_order").increment(1);
@@ -404,7 +457,6 @@ impl ViewerState {
         };
         metrics::counter!(m::FRAMES_RECEIVED, "outcome" => "shown").increment(1);
 
-        let now = Instant::now();
         let mut stats = camera.stats.lock().expect("not poisoned");
         stats.received = Some(SystemTime::now());
         if stats.arrivals.len() >= FPS_SAMPLES {
@@ -432,20 +484,25 @@ impl ViewerState {
 
     /// Takes a prediction. Returns whether it became its model's current prediction for the
     /// camera: only a labelled (not skipped) prediction for a higher frame sequence than the
-    /// current one of the same model does. A classifier's gives the camera's label, a
-    /// detector's its objects (none, when it found nothing).
+    /// current one of the same model (or one that starts a new run, see [`REORDER_WINDOW`])
+    /// does. A classifier's gives the camera's label, a detector's its objects (none, when it
+    /// found nothing).
     pub fn on_prediction(&self, prediction: &Prediction) -> bool {
+        self.on_prediction_at(prediction, Instant::now())
+    }
+
+    fn on_prediction_at(&self, prediction: &Prediction, now: Instant) -> bool {
         // A skipped frame's prediction (too old, undecodable, …) has no label to show.
         let labelled = prediction.skipped() == lookout_proto::v1::SkipReason::Unspecified;
         let detector = prediction.model.as_ref().is_some_and(|m| m.kind() == ModelKind::Detection);
         if labelled && detector {
-            return self.on_detections(prediction);
+            return self.on_detections(prediction, now);
         }
         let Some(top) = prediction.top_k.first().filter(|_| labelled) else {
             metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "empty").increment(1);
             return false;
         };
-        let Some(camera) = self.camera_or_insert(&prediction.camera_id) else {
+        let Some(camera) = self.camera_or_insert(&prediction.camera_id, now) else {
             return false;
         };
         let model = prediction.model.as_ref().map(|m| m.name.clone()).unwrap_or_default();
@@ -462,8 +519,9 @@ impl ViewerState {
         };
         let renamed = {
             let mut stats = camera.stats.lock().expect("not poisoned");
+            stats.last_seen = now;
             let current = stats.labels.get(&label.model);
-            if current.is_some_and(|l| l.sequence >= label.sequence) {
+            if current.is_some_and(|l| !supersedes(label.sequence, l.sequence)) {
                 metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "stale").increment(1);
                 return false;
             }
@@ -489,8 +547,8 @@ impl ViewerState {
     }
 
     /// A detector's prediction: its objects replace the camera's current ones of that model.
-    fn on_detections(&self, prediction: &Prediction) -> bool {
-        let Some(camera) = self.camera_or_insert(&prediction.camera_id) else {
+    fn on_detections(&self, prediction: &Prediction, now: Instant) -> bool {
+        let Some(camera) = self.camera_or_insert(&prediction.camera_id, now) else {
             return false;
         };
         let current = CurrentObjects {
@@ -526,8 +584,9 @@ impl ViewerState {
         };
         let renamed = {
             let mut stats = camera.stats.lock().expect("not poisoned");
+            stats.last_seen = now;
             let before = stats.detections.get(&current.model);
-            if before.is_some_and(|o| o.sequence >= current.sequence) {
+            if before.is_some_and(|o| !supersedes(current.sequence, o.sequence)) {
                 metrics::counter!(m::PREDICTIONS_RECEIVED, "outcome" => "stale").increment(1);
                 return false;
             }
@@ -613,6 +672,11 @@ impl ViewerState {
         self.inner.events.subscribe()
     }
 
+    /// Returns once a stream client would be admitted (fewer than `max_clients` are open).
+    pub async fn client_slot_free(&self) {
+        let _ = self.inner.clients.acquire().await;
+    }
+
     /// A permit for one more stream client, or `None` at the limit.
     pub(crate) fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.clients.clone().try_acquire_owned().ok()
@@ -622,7 +686,38 @@ impl ViewerState {
         self.inner.cameras.read().expect("not poisoned").get(id).cloned()
     }
 
-    fn camera_or_insert(&self, id: &str) -> Option<Arc<Camera>> {
+    /// Forgets the cameras that sent nothing for [`ViewerConfig::camera_idle`] before `now`;
+    /// their streams end. Returns how many were forgotten.
+    pub fn forget_idle(&self, now: Instant) -> usize {
+        let mut cameras = self.inner.cameras.write().expect("not poisoned");
+        self.forget_idle_locked(&mut cameras, now)
+    }
+
+    fn forget_idle_locked(
+        &self,
+        cameras: &mut BTreeMap<String, Arc<Camera>>,
+        now: Instant,
+    ) -> usize {
+        let idle = self.inner.config.camera_idle;
+        let before = cameras.len();
+        cameras.retain(|id, camera| {
+            let last_seen = camera.stats.lock().expect("not poisoned").last_seen;
+            let keep = now.saturating_duration_since(last_seen) <= idle;
+            if !keep {
+                camera.forgotten.cancel();
+                info!(camera_id = %id, idle_seconds = idle.as_secs(), "camera forgotten: nothing received from it for a while");
+            }
+            keep
+        });
+        let forgotten = before - cameras.len();
+        if forgotten > 0 {
+            metrics::counter!(m::CAMERAS_FORGOTTEN).increment(forgotten as u64);
+            self.inner.camera_limit_warned.store(false, Ordering::Relaxed);
+        }
+        forgotten
+    }
+
+    fn camera_or_insert(&self, id: &str, now: Instant) -> Option<Arc<Camera>> {
         if let Some(c) = self.camera(id) {
             return Some(c);
         }
@@ -631,13 +726,16 @@ impl ViewerState {
             return Some(c.clone());
         }
         if cameras.len() >= self.inner.config.max_cameras {
+            self.forget_idle_locked(&mut cameras, now);
+        }
+        if cameras.len() >= self.inner.config.max_cameras {
             if !self.inner.camera_limit_warned.swap(true, Ordering::Relaxed) {
-                warn!(camera_id = %id, max_cameras = self.inner.config.max_cameras, "camera limit reached; frames of further cameras are dropped");
+                warn!(camera_id = %id, max_cameras = self.inner.config.max_cameras, "camera limit reached; frames of further cameras are dropped until a camera is idle for --camera-idle");
             }
             return None;
         }
         debug!(camera_id = %id, "new camera");
-        let camera = Arc::new(Camera::new(id));
+        let camera = Arc::new(Camera::new(id, now));
         cameras.insert(id.to_owned(), camera.clone());
         Some(camera)
     }
@@ -796,6 +894,64 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_far_behind_starts_a_new_run_instead_of_freezing_the_tile() {
+        let s = state();
+        let shown = |s: &ViewerState| s.camera("cam").unwrap().latest().unwrap().sequence;
+        s.on_frame(frame("cam", 5_000_000));
+        s.on_frame(frame("cam", 5_000_000 - REORDER_WINDOW));
+        assert_eq!(shown(&s), 5_000_000, "a late frame within the window is dropped");
+        // The camera restarts with its clock set back: its sequences are far lower.
+        s.on_frame(frame("cam", 10));
+        assert_eq!(shown(&s), 10, "a new run");
+        s.on_frame(frame("cam", 11));
+        assert_eq!(shown(&s), 11, "and the run goes on");
+        // One forged frame far ahead holds the tile for one frame only.
+        s.on_frame(frame("cam", u64::MAX));
+        assert_eq!(shown(&s), u64::MAX);
+        s.on_frame(frame("cam", 12));
+        assert_eq!(shown(&s), 12);
+        s.on_frame(frame("cam", 13));
+        assert_eq!(shown(&s), 13);
+    }
+
+    #[test]
+    fn labels_follow_a_new_run_too() {
+        let s = state();
+        assert!(s.on_prediction(&prediction("cam", u64::MAX, "forged")));
+        assert!(!s.on_prediction(&prediction("cam", u64::MAX - 3, "late")));
+        assert!(s.on_prediction(&prediction("cam", 20, "espresso")));
+        assert!(s.on_prediction(&prediction("cam", 21, "tabby")));
+        assert_eq!(s.label("cam").unwrap().name, "tabby");
+    }
+
+    #[test]
+    fn idle_cameras_are_forgotten_and_free_the_camera_limit() {
+        let idle = Duration::from_secs(60);
+        let s = ViewerState::new(
+            ViewerConfig { max_cameras: 2, camera_idle: idle, ..ViewerConfig::default() },
+            CancellationToken::new(),
+        );
+        let t0 = Instant::now();
+        s.on_frame_at(frame("forged-1", 1), t0);
+        s.on_frame_at(frame("real", 1), t0);
+        let real = s.camera("real").unwrap();
+        s.on_frame_at(frame("forged-2", 1), t0 + idle);
+        assert_eq!(s.camera_ids(), ["forged-1", "real"], "at the limit, nobody idle yet");
+
+        // `real` keeps sending; `forged-1` went quiet.
+        s.on_frame_at(frame("real", 2), t0 + idle);
+        s.on_frame_at(frame("new", 1), t0 + idle + Duration::from_secs(1));
+        assert_eq!(s.camera_ids(), ["new", "real"], "the idle camera made room");
+        assert!(!real.forgotten.is_cancelled());
+
+        assert_eq!(s.forget_idle(t0 + 3 * idle), 2);
+        assert!(s.camera_ids().is_empty());
+        assert!(real.forgotten.is_cancelled(), "its overlay renderer stops");
+        s.on_prediction_at(&prediction("real", 3, "espresso"), t0 + 3 * idle);
+        assert_eq!(s.camera_ids(), ["real"], "a camera that comes back is a new camera");
+    }
+
+    #[test]
     fn changes_are_a_bounded_ring_newest_first_without_duplicates() {
         let s = state();
         for seq in 0..(RECENT_CHANGES as u64 + 10) {
@@ -829,7 +985,7 @@ mod tests {
 
     #[test]
     fn fps_counts_arrivals_in_the_window() {
-        let mut stats = Stats::default();
+        let mut stats = Stats::new(Instant::now());
         let start = Instant::now();
         for i in 0..21 {
             stats.arrivals.push_back(start + Duration::from_millis(50 * i));

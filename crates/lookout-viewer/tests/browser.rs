@@ -1,6 +1,8 @@
 //! The whole live path in a real browser: embedded broker, the real predictors (the classifier
-//! and the detector, each its own consumer group), the viewer, and headless Chromium (Debian's `chromium`, driven by the npm package `playwright-core`, which
-//! this test installs under the target directory) opening the page.
+//! and the detector, each its own consumer group), the viewer, and headless Chromium (Debian's
+//! `chromium`, driven by the npm package `playwright-core`, which this test installs under the
+//! target directory) opening the page. The viewer has a token: the page is refused without it
+//! and works through the browser's sign-in with it.
 //!
 //! Needs `/usr/bin/chromium` (or `LOOKOUT_CHROMIUM`), `node` and `npm`; `.ci/run` installs
 //! them. A missing browser fails the test: it never passes without having looked.
@@ -160,6 +162,10 @@ async fn changes(bus: Bus, shutdown: CancellationToken) {
         .expect("changes follow predictions");
 }
 
+/// The viewer's `--auth-token`: the page, its streams and its events work through the
+/// browser's sign-in.
+const TOKEN: &str = "browser-test-token";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_live_video_and_labels_in_chromium() {
     let chromium = chromium();
@@ -196,6 +202,11 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
         max_cameras: 16,
         overlay_default: false,
         overlay_quality: 80,
+        camera_idle: Duration::from_secs(120),
+        auth_token: TOKEN.to_owned(),
+        max_connections: 512,
+        header_timeout: Duration::from_secs(10),
+        write_timeout: Duration::from_secs(20),
     };
     let viewer = tokio::spawn(lookout_viewer::run(
         viewer_args,
@@ -214,6 +225,7 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
         .arg(&step_timeout)
         .env("PLAYWRIGHT_CORE", &playwright)
         .env("CHROMIUM", &chromium)
+        .env("VIEWER_TOKEN", TOKEN)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(EVENT_TIMEOUT * 5, run)
@@ -231,6 +243,11 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
     let result: serde_json::Value =
         serde_json::from_str(stdout.trim()).expect("the check prints its result as JSON");
     eprintln!("browser saw: {result}");
+    assert_eq!(result["without_token"]["status"], 401, "{result}");
+    assert!(
+        result["without_token"]["challenge"].as_str().is_some_and(|c| c.starts_with("Basic ")),
+        "the browser is asked for the token: {result}"
+    );
     assert!(result["label"].as_str().unwrap().contains("espresso"), "{result}");
     assert_ne!(result["image_signatures"][0], result["image_signatures"][1], "{result}");
     let tiles = result["tiles"].as_array().unwrap();

@@ -8,30 +8,16 @@ use bytes::Bytes;
 use image::ImageFormat;
 use lookout_proto::v1::{Encoding, Frame};
 use lookout_test_util::EVENT_TIMEOUT;
-use lookout_viewer::{ViewerConfig, ViewerState};
+use lookout_viewer::ViewerConfig;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::TcpSocket,
-    task::JoinHandle,
 };
-use tokio_util::sync::CancellationToken;
 
-use common::{Multipart, StreamClient, frame, prediction, sample_jpeg};
-
-struct Server {
-    addr: SocketAddr,
-    state: ViewerState,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), lookout_viewer::ViewerError>>,
-}
+use common::{Multipart, Server, StreamClient, frame, prediction, sample_jpeg};
 
 async fn server() -> Server {
-    let shutdown = CancellationToken::new();
-    let state = ViewerState::new(ViewerConfig::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(lookout_viewer::serve(listener, state.clone(), shutdown.clone()));
-    Server { addr, state, shutdown, task }
+    Server::start(ViewerConfig::default()).await
 }
 
 async fn mjpeg(addr: SocketAddr, path: &str) -> (StreamClient, Multipart) {

@@ -4,7 +4,9 @@
 //
 // usage: node viewer.cjs URL CAMERA LABEL OBJECT STEADY SCREENSHOT_DIR TIMEOUT_MS
 // (STEADY: a camera that always shows the photo LABEL names, for the screenshot's timing)
-// env:   PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (browser binary)
+// env:   PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (browser binary),
+//        VIEWER_TOKEN (the viewer's --auth-token: checks that the page asks for it, then
+//        answers the browser's sign-in with it)
 'use strict';
 
 const path = require('path');
@@ -26,11 +28,25 @@ function log(...args) {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
     ],
   });
-  const page = await browser.newPage({ viewport: { width: 1280, height: 820 } });
+  const result = {};
+  const token = process.env.VIEWER_TOKEN;
+  if (token) {
+    // Without the token the page is refused with a Basic challenge: the browser's sign-in
+    // (headless Chromium has no dialog to show, so this asks with the browser's HTTP client).
+    const anonymous = await browser.newContext();
+    const refused = await anonymous.request.get(url);
+    result.without_token = { status: refused.status(), challenge: refused.headers()['www-authenticate'] };
+    await anonymous.close();
+  }
+  const page = await browser.newPage({
+    viewport: { width: 1280, height: 820 },
+    // What a person types into the sign-in dialog: any user name, the token as password;
+    // given only when the viewer challenges, as a person would.
+    httpCredentials: token ? { username: 'viewer', password: token } : undefined,
+  });
   page.setDefaultTimeout(timeout);
   page.on('console', (m) => log('console.' + m.type() + ':', m.text()));
   page.on('pageerror', (e) => log('page error:', e.message));
-  const result = {};
   try {
     await page.goto(url);
     const tile = `article.tile[data-camera="${camera}"]`;

@@ -6,10 +6,42 @@ use bytes::Bytes;
 use image::codecs::jpeg::JpegEncoder;
 use lookout_proto::v1::{Encoding, Frame, Label, ModelKind, ModelRef, Prediction};
 use lookout_test_util::EVENT_TIMEOUT;
+use lookout_viewer::{ViewerConfig, ViewerError, ViewerState};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::TcpStream,
+    task::JoinHandle,
 };
+use tokio_util::sync::CancellationToken;
+
+/// The viewer's web server on a port of its own, fed by the test through `state`.
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    pub state: ViewerState,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), ViewerError>>,
+}
+
+impl Server {
+    pub async fn start(config: ViewerConfig) -> Self {
+        let shutdown = CancellationToken::new();
+        let state = ViewerState::new(config, shutdown.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(lookout_viewer::serve(listener, state.clone(), shutdown.clone()));
+        Self { addr, state, shutdown, task }
+    }
+
+    /// Shuts the server down; fails if it does not stop.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(EVENT_TIMEOUT, self.task)
+            .await
+            .expect("the server stops")
+            .expect("the server task does not panic")
+            .expect("the server stops cleanly");
+    }
+}
 
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
