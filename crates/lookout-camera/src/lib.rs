@@ -87,9 +87,12 @@ pub const QUEUE_FRAMES: usize = 8;
 
 /// Producer settings the camera uses unless the user set them with `--kafka-opt`: a few
 /// megabytes of local buffer at most, a frame not delivered within a few seconds is given up
-/// (it would be stale), and a broker that comes back is reconnected within a second.
-pub const PRODUCER_DEFAULTS: [(&str, &str); 3] = [
+/// (it would be stale), a broker that comes back is reconnected within a second, and a frame is
+/// sent at once instead of lingering 5 ms for others to batch with (a camera sends one frame per
+/// tens of milliseconds: lingering would only add latency).
+pub const PRODUCER_DEFAULTS: [(&str, &str); 4] = [
     ("queue.buffering.max.kbytes", "8192"),
+    ("linger.ms", "0"),
     ("message.timeout.ms", "5000"),
     ("reconnect.backoff.max.ms", "1000"),
 ];
