@@ -4,9 +4,8 @@ same run.
 
 Sets up bench/.venv (confluent-kafka, protobuf, grpcio-tools), builds the `lookout` command and
 the bus bench, starts one embedded broker (`lookout broker --listen 127.0.0.1:0`), then for
-each round runs crates/lookout-bus/benches/bus.rs (Lookout's typed bus, raw rdkafka with
-`--impl raw`, and raw rdkafka whose messages carry Lookout's two headers, read by the consumer,
-with `--impl raw-headers`) and bench/bus/bench_confluent.py for each message size, in a rotating order. Every run works in fresh topics under its own
+each round runs crates/lookout-bus/benches/bus.rs (Lookout's typed bus, then raw rdkafka with
+`--impl raw`) and bench/bus/bench_confluent.py for each message size, in a rotating order. Every run works in fresh topics under its own
 prefix; the embedded broker auto-creates them with 4 partitions on first use, for both sides.
 Prints the machine, the versions and a Markdown table of medians; the raw JSON lines go to
 bench/out/bus.jsonl.
@@ -46,7 +45,6 @@ ROWS = [
      "consume, batches of 1000: `run_batched` / `consume(1000)`"),
 ]
 RAW = "raw-rdkafka"
-RAW_HEADERS = "raw-rdkafka-headers"
 
 
 def build():
@@ -92,18 +90,15 @@ def median(results, impl, op, size, key="msg_per_s"):
 
 def table(results):
     rows = ["| operation | frame size | Lookout msg/s | confluent-kafka msg/s | raw rdkafka msg/s "
-            "| raw rdkafka + 2 headers msg/s | Lookout / confluent-kafka | Lookout / raw "
-            "| Lookout / raw + 2 headers |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| Lookout / confluent-kafka | Lookout / raw |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for op, ours_impl, theirs_impl, label in ROWS:
         for size in SIZES:
             ours = median(results, ours_impl, op, size)
             theirs = median(results, theirs_impl, op, size)
             raw = median(results, RAW, op, size)
-            rawh = median(results, RAW_HEADERS, op, size)
             rows.append(f"| {label} | {size:,} B | {ours:,.0f} | {theirs:,.0f} | {raw:,.0f} | "
-                        f"{rawh:,.0f} | {ours / theirs:.2f}× | {ours / raw:.2f}× | "
-                        f"{ours / rawh:.2f}× |")
+                        f"{ours / theirs:.2f}× | {ours / raw:.2f}× |")
     return "\n".join(rows)
 
 
@@ -142,10 +137,8 @@ def main():
                 raw = [bench, "--impl", "raw", *common, "--prefix", f"bench{rnd}-raw-{size}."]
                 py = [python, os.path.join(ROOT, "bench", "bus", "bench_confluent.py"),
                       *common, "--prefix", f"bench{rnd}-py-{size}."]
-                rawh = [bench, "--impl", "raw-headers", *common,
-                        "--prefix", f"bench{rnd}-rawh-{size}."]
-                order = [rust, py, raw, rawh]
-                for cmd in order[rnd % 4:] + order[:rnd % 4]:
+                order = [rust, py, raw]
+                for cmd in order[rnd % 3:] + order[:rnd % 3]:
                     for r in run_bench(cmd, notes):
                         r["round"] = rnd
                         results.append(r)

@@ -6,7 +6,6 @@
 //! ```sh
 //! cargo bench -p lookout-bus --bench bus -- --brokers 127.0.0.1:9092 --size 100 --messages 100000
 //! cargo bench -p lookout-bus --bench bus -- --impl raw --brokers 127.0.0.1:9092 --size 100
-//! cargo bench -p lookout-bus --bench bus -- --impl raw-headers --brokers 127.0.0.1:9092 --size 100
 //! ```
 //!
 //! Each repeat works in a fresh topic prefix (`{prefix}r{i}.`): one warm-up frame is sent and
@@ -43,9 +42,6 @@ const CONSUME_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Args {
     raw: bool,
-    /// With `raw`: every message carries Lookout's two headers (content type, traceparent)
-    /// and the consumer reads them, nothing else Lookout does.
-    raw_headers: bool,
     brokers: String,
     size: usize,
     messages: u64,
@@ -56,7 +52,6 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         raw: false,
-        raw_headers: false,
         brokers: "127.0.0.1:9092".into(),
         size: 100,
         messages: 100_000,
@@ -77,11 +72,10 @@ fn parse_args() -> Result<Args, String> {
             "--prefix" => args.prefix = value,
             "--repeat" => args.repeat = value.parse().map_err(bad)?,
             "--impl" => {
-                (args.raw, args.raw_headers) = match value.as_str() {
-                    "lookout" => (false, false),
-                    "raw" => (true, false),
-                    "raw-headers" => (true, true),
-                    _ => return Err(format!("--impl is lookout, raw or raw-headers, not {value}")),
+                args.raw = match value.as_str() {
+                    "lookout" => false,
+                    "raw" => true,
+                    _ => return Err(format!("--impl is lookout or raw, not {value}")),
                 }
             }
             _ => return Err(format!("unknown option {flag}")),
@@ -263,25 +257,10 @@ async fn consume(bus: &Bus, total: u64, data_len: usize, batched: bool) -> Resul
 
 /// Raw rdkafka: the same frames as bytes, no headers, one `BaseProducer` polled every 1000
 /// messages; returns the timed seconds.
-fn produce_raw(
-    brokers: &str,
-    topic: &str,
-    frame: &Frame,
-    n: u64,
-    headers: bool,
-) -> Result<f64, String> {
+fn produce_raw(brokers: &str, topic: &str, frame: &Frame, n: u64) -> Result<f64, String> {
     use rdkafka::{
         ClientConfig,
-        message::{Header, OwnedHeaders},
         producer::{BaseProducer, BaseRecord, Producer as _},
-    };
-    // Lookout's two headers, as bytes made before the clock starts.
-    const CONTENT_TYPE: &[u8] = b"application/x-protobuf; messageType=lookout.v1.Frame";
-    const TRACEPARENT: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let with_headers = || {
-        OwnedHeaders::new_with_capacity(2)
-            .insert(Header { key: "content-type", value: Some(CONTENT_TYPE) })
-            .insert(Header { key: "traceparent", value: Some(TRACEPARENT) })
     };
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -309,9 +288,6 @@ fn produce_raw(
         let partition = ((FIRST_SEQUENCE + i as u64) % 4) as i32;
         let mut record =
             BaseRecord::<str, [u8]>::to(topic).key("bench").payload(payload).partition(partition);
-        if headers {
-            record = record.headers(with_headers());
-        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -329,21 +305,12 @@ fn produce_raw(
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Raw rdkafka: a `BaseConsumer` in a new group counts `total` messages, decoding nothing;
-/// with `headers`, it reads each message's headers (as any consumer of them must).
-fn consume_raw(
-    brokers: &str,
-    topic: &str,
-    group: &str,
-    total: u64,
-    headers: bool,
-) -> Result<f64, String> {
+/// Raw rdkafka: a `BaseConsumer` in a new group counts `total` messages, decoding nothing.
+fn consume_raw(brokers: &str, topic: &str, group: &str, total: u64) -> Result<f64, String> {
     use rdkafka::{
-        ClientConfig, Message as _,
+        ClientConfig,
         consumer::{BaseConsumer, Consumer as _},
-        message::Headers as _,
     };
-    let mut header_bytes = 0usize;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -354,17 +321,10 @@ fn consume_raw(
     let deadline = Instant::now() + CONSUME_TIMEOUT;
     let (mut count, mut first) = (0u64, None);
     while count < total && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+        if let Some(Ok(_m)) = consumer.poll(Duration::from_millis(100)) {
             first.get_or_insert_with(Instant::now);
-            if headers && let Some(h) = m.headers() {
-                header_bytes +=
-                    h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum::<usize>();
-            }
             count += 1;
         }
-    }
-    if headers && header_bytes == 0 {
-        return Err("raw-headers: the messages carried no headers".into());
     }
     match first {
         Some(first) if count == total => Ok(first.elapsed().as_secs_f64()),
@@ -383,23 +343,20 @@ async fn run_raw(args: &Args) -> Result<(), String> {
         let topic = bus.topic_name(topics::FRAMES.name());
         let (brokers, t, f, n) =
             (args.brokers.clone(), topic.clone(), frame.clone(), args.messages);
-        let headers = args.raw_headers;
-        produce_s += tokio::task::spawn_blocking(move || produce_raw(&brokers, &t, &f, n, headers))
+        produce_s += tokio::task::spawn_blocking(move || produce_raw(&brokers, &t, &f, n))
             .await
             .map_err(|e| e.to_string())??;
         produced += args.messages;
         let (kept, _) = retained(&bus).await.map_err(|e| e.to_string())?;
         let (brokers, group) = (args.brokers.clone(), format!("{}raw", args.prefix));
-        consume_s += tokio::task::spawn_blocking(move || {
-            consume_raw(&brokers, &topic, &group, kept, headers)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        consume_s +=
+            tokio::task::spawn_blocking(move || consume_raw(&brokers, &topic, &group, kept))
+                .await
+                .map_err(|e| e.to_string())??;
         consumed += kept - 1;
     }
-    let name = if args.raw_headers { "raw-rdkafka-headers" } else { "raw-rdkafka" };
-    report(name, "produce", size, produced, produce_s);
-    report(name, "consume", size, consumed, consume_s);
+    report("raw-rdkafka", "produce", size, produced, produce_s);
+    report("raw-rdkafka", "consume", size, consumed, consume_s);
     Ok(())
 }
 
@@ -453,7 +410,7 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("bus bench: {e}");
             eprintln!(
-                "usage: bus [--impl lookout|raw|raw-headers] [--brokers ADDR] [--size BYTES] [--messages N] [--prefix P] [--repeat R]"
+                "usage: bus [--impl lookout|raw] [--brokers ADDR] [--size BYTES] [--messages N] [--prefix P] [--repeat R]"
             );
             return ExitCode::from(64);
         }
