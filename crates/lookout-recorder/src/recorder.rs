@@ -370,24 +370,7 @@ impl Inner {
             let slot = match known {
                 Some(slot) => slot,
                 None => {
-                    let now = self.health.now();
-                    let slot = match self.store.load_stream(key).await? {
-                        Some(s) => Slot {
-                            detector: Detector::restore(
-                                self.config.detector,
-                                s.state,
-                                s.window,
-                                now,
-                            ),
-                            revision: s.revision,
-                            last_used: Instant::now(),
-                        },
-                        None => Slot {
-                            detector: Detector::new(self.config.detector),
-                            revision: 0,
-                            last_used: Instant::now(),
-                        },
-                    };
+                    let slot = self.reload(key).await?;
                     let mut streams = self.streams.lock().expect("not poisoned");
                     let slot = streams
                         .entry((*key).clone())
@@ -623,6 +606,7 @@ impl Inner {
         }
     }
 
+    /// A stream's slot as the database has it (a new detector when it has none).
     async fn reload(&self, key: &StreamKey) -> Result<Slot, StoreError> {
         let now = self.health.now();
         Ok(match self.store.load_stream(key).await? {
