@@ -285,6 +285,7 @@ async fn a_restarted_consumer_resumes_where_the_last_one_stopped() {
     let bus = t.bus("lookout-test");
     let predictions = bus.publisher(&topics::PREDICTIONS);
     const TOTAL: u64 = 600;
+    const MORE: u64 = 100;
     for seq in 0..TOTAL {
         let camera = format!("cam-{}", seq % 5);
         let p = Prediction { camera_id: camera, frame_sequence: seq, ..Default::default() };
@@ -316,7 +317,17 @@ async fn a_restarted_consumer_resumes_where_the_last_one_stopped() {
             .unwrap();
     }
     let first: Vec<u64> = handled.lock().unwrap().clone();
-    assert!(first.len() >= 250 && first.len() < TOTAL as usize, "{}", first.len());
+    // Partitions are handled concurrently and stopping drains what is in flight, so the first
+    // run may have handled more than 250, possibly all of them.
+    assert!(first.len() >= 250 && first.len() <= TOTAL as usize, "{}", first.len());
+
+    // More messages while no consumer runs: the second run always has something to resume to.
+    for seq in TOTAL..TOTAL + MORE {
+        let camera = format!("cam-{}", seq % 5);
+        let p = Prediction { camera_id: camera, frame_sequence: seq, ..Default::default() };
+        let _pending = predictions.enqueue(&p, None).await.unwrap();
+    }
+    bus.flush(EVENT_TIMEOUT).unwrap();
 
     // Second run, same group: it must handle exactly the rest.
     let (tx, mut rx) = mpsc::channel(1024);
@@ -333,7 +344,7 @@ async fn a_restarted_consumer_resumes_where_the_last_one_stopped() {
         shutdown.clone(),
     ));
     let mut second = Vec::new();
-    while first.len() + second.len() < TOTAL as usize {
+    while first.len() + second.len() < (TOTAL + MORE) as usize {
         second.push(recv(&mut rx).await);
     }
     shutdown.cancel();
@@ -348,7 +359,7 @@ async fn a_restarted_consumer_resumes_where_the_last_one_stopped() {
         a.intersection(&b).collect::<Vec<_>>()
     );
     let all: BTreeSet<u64> = a.union(&b).copied().collect();
-    assert_eq!(all, (0..TOTAL).collect(), "nothing is lost");
+    assert_eq!(all, (0..TOTAL + MORE).collect(), "nothing is lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
