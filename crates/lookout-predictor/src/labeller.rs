@@ -84,6 +84,14 @@ impl Labeller {
         &self,
         batch: Vec<Incoming<Frame>>,
     ) -> Result<Rejected, HandlerError> {
+        self.label_all(batch).await.map(|(rejected, _)| rejected)
+    }
+
+    /// [`Self::handle`], also giving back the predictions published, in the frames' order.
+    pub(crate) async fn label_all(
+        &self,
+        batch: Vec<Incoming<Frame>>,
+    ) -> Result<(Rejected, Vec<Prediction>), HandlerError> {
         let now = SystemTime::now();
         let mut outcomes: Vec<Option<Outcome>> =
             batch.iter().map(|f| self.check(&f.message, now)).collect();
@@ -106,9 +114,10 @@ impl Labeller {
 
         let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("all set")).collect();
         let sends = batch.iter().zip(&outcomes).map(|(f, o)| self.publish(f, o));
-        for sent in futures_util::future::join_all(sends).await {
-            sent?;
-        }
+        let published = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Prediction>, HandlerError>>()?;
 
         let mut rejected = Rejected::none();
         for (i, (incoming, outcome)) in batch.iter().zip(&outcomes).enumerate() {
@@ -145,7 +154,7 @@ impl Labeller {
                 }
             }
         }
-        Ok(rejected)
+        Ok((rejected, published))
     }
 
     /// Checks that need no decoding: age, encoding, the size the frame announces.
@@ -183,7 +192,7 @@ impl Labeller {
         &self,
         incoming: &Incoming<Frame>,
         outcome: &Outcome,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Prediction, HandlerError> {
         let frame = &incoming.message;
         let manifest = self.model.manifest();
         let mut prediction = Prediction {
@@ -231,7 +240,7 @@ impl Labeller {
             Some(parent) => self.predictions.send_traced(&prediction, &parent).await,
             None => self.predictions.send(&prediction).await,
         };
-        sent.map(drop).map_err(|e| HandlerError::Transient(e.to_string()))
+        sent.map(|_| prediction).map_err(|e| HandlerError::Transient(e.to_string()))
     }
 }
 

@@ -13,7 +13,7 @@
 //! Modules: [`model`] (manifest, loading, labelling), [`detect`] (a detector's
 //! post-processing), [`frame`] (decoding with limits and the resize of the kept region),
 //! [`backend`] (tract, ONNX Runtime), `labeller` (the frames handler), `workers` (the
-//! labelling threads), [`metrics`].
+//! labelling threads), [`replay`] (stored frames labelled again), [`metrics`].
 //!
 //! Scaling: frames of one camera are spread over all partitions of the frames topic, so `N`
 //! replicas (up to the partition count) share even a single camera's load. Within a replica,
@@ -33,6 +33,7 @@ pub mod frame;
 mod labeller;
 pub mod metrics;
 pub mod model;
+pub mod replay;
 #[doc(hidden)]
 pub mod test_hooks;
 mod workers;
@@ -149,6 +150,9 @@ pub enum PredictorError {
     /// The labelling threads could not be started.
     #[error("cannot start the labelling threads: {0}")]
     Workers(#[source] std::io::Error),
+    /// A replay could not go on.
+    #[error("replay: {0}")]
+    Replay(String),
 }
 
 impl PredictorArgs {

@@ -139,6 +139,16 @@ async fn check(db: TestDb) {
     let since =
         store.changes(&ChangeFilter { since_ms: Some(1_000), ..Default::default() }).await.unwrap();
     assert_eq!(since.iter().map(|c| c.key.camera_id.as_str()).collect::<Vec<_>>(), ["garage"]);
+    let detector = StreamKey { model_name: "detector".into(), ..key("garage") };
+    store
+        .commit(&[decision(&detector, 0, &StreamState::default(), vec![change(4, 2_100)])])
+        .await
+        .unwrap();
+    let by_model = |name: &str| ChangeFilter { model: Some(name.into()), ..Default::default() };
+    let of_detector = store.changes(&by_model("detector")).await.unwrap();
+    assert_eq!(of_detector.iter().map(|c| c.frame_sequence).collect::<Vec<_>>(), [4]);
+    assert_eq!(store.changes(&by_model("m")).await.unwrap().len(), 2, "the other model's two");
+    assert!(store.changes(&by_model("none")).await.unwrap().is_empty());
     let newest =
         store.changes(&ChangeFilter { limit: Some(1), ..Default::default() }).await.unwrap();
     assert_eq!(newest.len(), 1);
@@ -148,7 +158,10 @@ async fn check(db: TestDb) {
     // stable for longer than the retention does not get a false change after a restart).
     assert_eq!(store.purge_before(1_000).await.unwrap(), 1);
     let left = store.changes(&ChangeFilter::default()).await.unwrap();
-    assert_eq!(left.iter().map(|c| c.key.camera_id.as_str()).collect::<Vec<_>>(), ["garage"]);
+    assert_eq!(
+        left.iter().map(|c| c.key.camera_id.as_str()).collect::<Vec<_>>(),
+        ["garage", "garage"]
+    );
     assert_eq!(store.load_stream(&k).await.unwrap().unwrap().state, state);
 
     // Data the database can never store is a data error, not worth retrying: a NUL byte in

@@ -38,6 +38,11 @@ pub(crate) struct ChangesArgs {
     #[arg(long)]
     camera: Option<String>,
 
+    /// Only the changes of this model (its name, e.g. efficientnet-lite0 or
+    /// ssdlite-mobilenet-v2-coco).
+    #[arg(long)]
+    model: Option<String>,
+
     /// Only changes captured at or after this time: RFC 3339 (`2026-11-22T18:00:00Z`) or a
     /// duration ago (`90s`, `30m`, `2h`).
     #[arg(long, value_parser = parse_since)]
@@ -69,7 +74,7 @@ pub(crate) struct SnapshotArgs {
 }
 
 /// `--since`: RFC 3339, or a duration before now; Unix milliseconds.
-fn parse_since(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_since(s: &str) -> Result<i64, String> {
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
     }
@@ -81,8 +86,12 @@ fn parse_since(s: &str) -> Result<i64, String> {
 
 pub(crate) async fn run_changes(args: ChangesArgs) -> anyhow::Result<()> {
     let store = args.db.open().await?;
-    let filter =
-        ChangeFilter { camera: args.camera.clone(), since_ms: args.since, limit: Some(args.limit) };
+    let filter = ChangeFilter {
+        camera: args.camera.clone(),
+        model: args.model.clone(),
+        since_ms: args.since,
+        limit: Some(args.limit),
+    };
     let changes = store.changes(&filter).await?;
     store.close().await;
     let mut out = std::io::stdout().lock();
@@ -152,7 +161,7 @@ fn change_json(c: &StoredChange) -> Value {
     })
 }
 
-fn print_changes(
+pub(crate) fn print_changes(
     changes: &[StoredChange],
     as_json: bool,
     out: &mut impl Write,
@@ -180,7 +189,11 @@ fn print_changes(
             format!("{previous} -> {} {:.2}", c.current.name, c.current.score)
         };
         let model = format!("{}@{}", c.key.model_name, c.key.model_version);
-        let snapshot = if c.snapshot_missing {
+        // A change found in replayed predictions is not stored: no id, no snapshot.
+        let id = if c.change_id == 0 { "-".to_owned() } else { c.change_id.to_string() };
+        let snapshot = if c.change_id == 0 {
+            "-".to_owned()
+        } else if c.snapshot_missing {
             "missing".to_owned()
         } else {
             format!("{} B", c.snapshot_bytes)
@@ -188,7 +201,7 @@ fn print_changes(
         writeln!(
             out,
             "{:>8}  {:<30}  {:<16}  {:>18}  {:<44}  {:<24}  {snapshot}",
-            c.change_id,
+            id,
             rfc3339(c.capture_time_ms),
             c.key.camera_id,
             c.frame_sequence,

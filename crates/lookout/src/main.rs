@@ -9,6 +9,7 @@ mod changes;
 mod demo;
 mod healthcheck;
 mod json;
+mod replay;
 mod tap;
 mod topics;
 
@@ -32,6 +33,10 @@ enum Command {
     /// List the label changes (and a detector's object events, `+person -car`) the recorder
     /// stored (from its database).
     Changes(changes::ChangesArgs),
+    /// Label stored frames again with a model (any, e.g. a new version) into a topic of their
+    /// own, from a time to a time, and list the label changes found; the live groups are not
+    /// touched.
+    Replay(replay::ReplayArgs),
     /// Write the JPEG stored with a change: `lookout snapshot ID > f.jpg`.
     Snapshot(changes::SnapshotArgs),
     /// Run the whole pipeline locally: embedded broker, camera, predictor(s), viewer, recorder
@@ -60,6 +65,7 @@ async fn main() -> ExitCode {
         Command::Tap(args) => tap::run(args).await,
         Command::Changes(args) => changes::run_changes(args).await,
         Command::Snapshot(args) => changes::run_snapshot(args).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Camera(args) => return lookout_camera::main(args).await,

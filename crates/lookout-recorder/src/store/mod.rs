@@ -379,6 +379,7 @@ impl Store {
                     .bind(filter.camera.as_deref())
                     .bind(filter.since_ms.unwrap_or(i64::MIN))
                     .bind(filter.limit.unwrap_or(i64::MAX))
+                    .bind(filter.model.as_deref())
                     .fetch_all(pool)
                     .await?;
                 for row in rows {

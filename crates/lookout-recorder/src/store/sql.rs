@@ -74,6 +74,7 @@ pub(super) const LIST_CHANGES: &str = "SELECT * FROM (SELECT change_id, camera_i
      previous_score, new_label, new_class_id, new_score, capture_time_ms, recorded_time_ms, \
      CAST(COALESCE(LENGTH(snapshot), 0) AS BIGINT) AS snapshot_bytes, snapshot_missing \
      FROM changes WHERE (CAST($1 AS TEXT) IS NULL OR camera_id = $1) AND capture_time_ms >= $2 \
+     AND (CAST($4 AS TEXT) IS NULL OR model_name = $4) \
      ORDER BY capture_time_ms DESC, change_id DESC LIMIT $3) AS newest \
      ORDER BY capture_time_ms, change_id";
 pub(super) const SNAPSHOT: &str =

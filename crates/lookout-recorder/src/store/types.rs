@@ -120,6 +120,8 @@ pub enum StoredSnapshot {
 pub struct ChangeFilter {
     /// Only this camera.
     pub camera: Option<String>,
+    /// Only this model's changes (by name).
+    pub model: Option<String>,
     /// Only changes captured at or after this time, Unix milliseconds.
     pub since_ms: Option<i64>,
     /// At most this many (the newest are kept).
