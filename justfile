@@ -34,6 +34,12 @@ deny:
 fuzz SECONDS="60":
     for t in messages mjpeg frame manifest units; do cargo +nightly fuzz run --sanitizer none "$t" -- -max_total_time={{SECONDS}} || exit 1; done
 
+# Many synthetic cameras through every service for a long time, cameras leaving and joining:
+# memory of every service sampled each 10 s, every frame accounted for, latency; plots with
+# matplotlib. `just soak` is 100 cameras for 10 minutes; `just soak --seconds 86400` a day.
+soak *ARGS:
+    python3 bench/soak/run.py {{ARGS}}
+
 # The whole pipeline on this machine: open the printed viewer URL; Ctrl-C stops it.
 demo *ARGS:
     cargo run --release -p lookout -- demo {{ARGS}}

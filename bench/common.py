@@ -1,5 +1,5 @@
 """Helpers the benchmark scripts share: paths, the Python virtualenv of the peers, cargo
-builds, the embedded broker, and the versions a result table names."""
+builds, the embedded broker, Prometheus pages, and the versions a result table names."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -85,3 +86,29 @@ def cpu_model():
 
 def rustc_version():
     return subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+
+
+def scrape(url):
+    """A Prometheus text page as {series: value}."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def pick(metrics, name, **labels):
+    """Sum of a metric's series whose labels include `labels`."""
+    total, found = 0.0, False
+    for key, v in metrics.items():
+        m = re.match(r"([^{]+)(?:\{(.*)\})?$", key)
+        if m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v2 for k, v2 in labels.items()):
+            total += v
+            found = True
+    return total if found else None

@@ -21,33 +21,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, free_port  # noqa: E402
+from common import ROOT, free_port, pick, scrape  # noqa: E402
 
-
-
-def scrape(url):
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
-
-
-def pick(metrics, name, **labels):
-    """Sum of a metric's series whose labels include `labels`."""
-    total, found = 0.0, False
-    for key, v in metrics.items():
-        m = re.match(r"([^{]+)(?:\{(.*)\})?$", key)
-        if m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(have.get(k) == v2 for k, v2 in labels.items()):
-            total += v
-            found = True
-    return total if found else None
 
 
 def mjpeg_client(url, stop, counts):
