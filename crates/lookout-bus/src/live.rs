@@ -10,8 +10,9 @@ use crate::{Bus, BusError, Handler, Start, metrics as m};
 
 /// Reads a topic from its newest message on, without a consumer group and without commits,
 /// so any number of viewers can read the same topic independently and a restarted viewer
-/// never replays history. Each partition starts at its last message, so the first handler
-/// call comes at once when the topic has data. Built on the bus's [`Reader`](crate::Reader).
+/// never replays history. Each partition starts at its last message (or further back, see
+/// [`LiveSubscription::with_history`]), so the first handler call comes at once when the
+/// topic has data. Built on the bus's [`Reader`](crate::Reader).
 ///
 /// Handlers should be quick (store the latest value and return): messages are handled one
 /// at a time in arrival order, and a message that fails to decode is counted and skipped.
@@ -19,13 +20,21 @@ use crate::{Bus, BusError, Handler, Start, metrics as m};
 pub struct LiveSubscription<M> {
     bus: Bus,
     name: String,
+    back: u64,
     _message: PhantomData<fn() -> M>,
 }
 
 impl<M: BusMessage> LiveSubscription<M> {
     pub(crate) fn new(bus: Bus, topic: Topic<M>) -> Self {
         let name = bus.topic_name(topic.name());
-        Self { bus, name, _message: PhantomData }
+        Self { bus, name, back: 1, _message: PhantomData }
+    }
+
+    /// Starts `n` messages back in each partition instead of at the last one, so that a
+    /// restarted reader has recent history (a viewer's changes feed).
+    pub fn with_history(mut self, n: u64) -> Self {
+        self.back = n.max(1);
+        self
     }
 
     /// Reads until `shutdown` is cancelled. Waits for the topic to exist first.
@@ -37,7 +46,7 @@ impl<M: BusMessage> LiveSubscription<M> {
         let opened = self
             .bus
             .reader(&self.name)
-            .start(Start::Last(1))
+            .start(Start::Last(self.back))
             .wait_for_topic()
             .open(&shutdown)
             .await?;

@@ -146,6 +146,7 @@ async fn every_message_type_round_trips() {
             time: Some(now),
             change_id: 7,
             snapshot_missing: false,
+            ..Default::default()
         },
     )
     .await;

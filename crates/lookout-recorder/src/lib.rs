@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use detector::{Detector, DetectorConfig};
 pub use recorder::{
-    MAX_TEXT_BYTES, Memory, Recorder, RecorderConfig, StatsSnapshot, change_event, observation,
+    MAX_TEXT_BYTES, Memory, Recorder, RecorderConfig, StatsSnapshot, THUMBNAIL_WIDTH, change_event,
+    observation, thumbnail,
 };
 pub use store::{Access, Store, StoreError};
 

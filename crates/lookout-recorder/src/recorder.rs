@@ -28,7 +28,9 @@ use crate::{
     health::Health,
     metrics as m,
     snapshots::{Missing, Now, Snapshot, SnapshotConfig, Snapshots},
-    store::{Decision, ErrorKind, NewChange, Store, StoreError, StoredChange, StreamKey},
+    store::{
+        Decision, ErrorKind, NewChange, Store, StoreError, StoredChange, StoredSnapshot, StreamKey,
+    },
 };
 
 /// Most predictions handed to the handler at once (one partition's, one transaction).
@@ -795,7 +797,9 @@ impl Inner {
         }
         let mut pending = Vec::with_capacity(batch.len());
         for change in &batch {
-            pending.push(publisher.enqueue(&change_event(change), None).await?);
+            let mut event = change_event(change);
+            event.thumbnail = self.thumbnail(change).await?.map(Into::into).unwrap_or_default();
+            pending.push(publisher.enqueue(&event, None).await?);
         }
         for p in pending {
             p.wait().await?;
@@ -805,6 +809,29 @@ impl Inner {
         metrics::counter!(m::EVENTS_PUBLISHED).increment(ids.len() as u64);
         self.stats.published.fetch_add(ids.len() as u64, Ordering::SeqCst);
         Ok(ids.len())
+    }
+
+    /// The thumbnail of a stored change's snapshot; `None` without a snapshot, or when it does
+    /// not decode (the change is published without one).
+    async fn thumbnail(&self, change: &StoredChange) -> Result<Option<Vec<u8>>, RecorderError> {
+        if change.snapshot_missing {
+            return Ok(None);
+        }
+        let StoredSnapshot::Jpeg(jpeg) = self.store.snapshot(change.change_id).await? else {
+            return Ok(None);
+        };
+        let made = tokio::task::spawn_blocking(move || thumbnail(&jpeg)).await;
+        match made {
+            Ok(Ok(small)) => Ok(Some(small)),
+            Ok(Err(e)) => {
+                warn!(change_id = change.change_id, error = %e, "the snapshot does not decode; the change is published without a thumbnail");
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(change_id = change.change_id, error = %e, "making a thumbnail failed; the change is published without one");
+                Ok(None)
+            }
+        }
     }
 
     /// Deletes changes older than `retain`, at start and then hourly.
@@ -889,6 +916,21 @@ pub fn observation(p: &Prediction) -> Result<(StreamKey, Observation), String> {
 }
 
 /// The event published for a stored change.
+/// Widest thumbnail published with a change.
+pub const THUMBNAIL_WIDTH: u32 = 160;
+/// JPEG quality of thumbnails.
+const THUMBNAIL_QUALITY: u8 = 70;
+
+/// A JPEG at most [`THUMBNAIL_WIDTH`] wide (and as high, for a tall frame) of a snapshot.
+pub fn thumbnail(jpeg: &[u8]) -> Result<Vec<u8>, image::ImageError> {
+    let img = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)?;
+    let small = img.thumbnail(THUMBNAIL_WIDTH, THUMBNAIL_WIDTH).into_rgb8();
+    let mut out = Vec::with_capacity(8 * 1024);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, THUMBNAIL_QUALITY)
+        .encode_image(&small)?;
+    Ok(out)
+}
+
 pub fn change_event(c: &StoredChange) -> PredictionChange {
     let label =
         |l: &Label| v1::Label { class_id: l.class_id, name: l.name.clone(), score: l.score };
@@ -905,6 +947,7 @@ pub fn change_event(c: &StoredChange) -> PredictionChange {
         time: Some(lookout_proto::timestamp_from_millis(c.capture_time_ms)),
         change_id: c.change_id,
         snapshot_missing: c.snapshot_missing,
+        thumbnail: Default::default(),
     }
 }
 

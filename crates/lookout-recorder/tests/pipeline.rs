@@ -199,6 +199,27 @@ async fn scripted_slideshow(db: TestDb) {
             .all(|e| e.current.is_some()
                 && e.model.as_ref().is_some_and(|m| m.name == common::MODEL))
     );
+    // Each carries a thumbnail of its snapshot (a small JPEG of the same photo), none when the
+    // snapshot is missing.
+    for e in &events {
+        if e.snapshot_missing {
+            assert!(e.thumbnail.is_empty(), "no snapshot, no thumbnail: {}", e.change_id);
+            continue;
+        }
+        let thumb = image::load_from_memory_with_format(&e.thumbnail, image::ImageFormat::Jpeg)
+            .expect("the thumbnail is a JPEG");
+        assert_eq!(thumb.width(), lookout_recorder::THUMBNAIL_WIDTH, "{}", e.change_id);
+        assert!(e.thumbnail.len() < 16 * 1024, "a few KB: {} B", e.thumbnail.len());
+        let snapshot = rows
+            .iter()
+            .find(|r| r.camera == e.camera_id && r.sequence == e.frame_sequence)
+            .and_then(|r| r.snapshot.clone())
+            .expect("its snapshot");
+        let full = image::load_from_memory(&snapshot).unwrap();
+        let (fw, fh) = (full.width() as f32, full.height() as f32);
+        let aspect = thumb.width() as f32 / thumb.height() as f32;
+        assert!((aspect - fw / fh).abs() < 0.05, "the frame's shape: {aspect} vs {}", fw / fh);
+    }
 
     running.stop().await;
 }

@@ -1,6 +1,7 @@
 // Lookout viewer page: a tile per camera with its live MJPEG stream, the current label and the
-// boxes of the objects detectors found (from the event stream), fps and latency, and a feed of
-// recent label changes. Plain JS, no build.
+// boxes of the objects detectors found (from the event stream), fps and latency, and the label
+// changes: the recent ones of every camera, or one camera's history with thumbnails, older
+// changes loaded on scroll. Plain JS, no build.
 'use strict';
 
 (() => {
@@ -21,6 +22,15 @@
   const empty = document.getElementById('empty');
   const feed = document.getElementById('changes');
   const noChanges = document.getElementById('no-changes');
+  const picker = document.getElementById('history-camera');
+  const moreMarker = document.getElementById('history-more');
+  // '' : the recent changes of every camera; a camera id: that camera's history.
+  let shown = '';
+  // The oldest offset shown of the camera's history, and whether older ones may exist.
+  let oldest = null;
+  let more = false;
+  let loadingOlder = false;
+  const pickable = new Set();
   const status = document.getElementById('status');
   const summary = document.getElementById('summary');
   const tiles = new Map();
@@ -176,11 +186,37 @@
     t.root.dataset.objectsSequence = String(o.sequence);
   }
 
+  // A camera in the history picker, in order.
+  function pickableCamera(id) {
+    if (pickable.has(id)) return;
+    pickable.add(id);
+    const option = el('option', '', id);
+    option.value = id;
+    const after = [...picker.options].slice(1).find((o) => o.value > id);
+    picker.insertBefore(option, after || null);
+  }
+
+  function thumbUrl(c) {
+    return '/api/cameras/' + encodeURIComponent(c.camera) + '/history/' + c.partition + '/' + c.offset + '.jpg';
+  }
+
   function onChange(c, fresh) {
-    const key = c.camera + '\u0000' + c.sequence;
+    pickableCamera(c.camera);
+    if (shown !== '' && c.camera !== shown) return;
+    const key = c.camera + '\u0000' + c.sequence + '\u0000' + (c.model || '');
     if (seenChanges.has(key)) return;
     seenChanges.add(key);
     const li = el('li', fresh ? 'fresh' : '');
+    li.dataset.camera = c.camera;
+    li.dataset.offset = String(c.offset);
+    if (c.thumbnail && c.offset >= 0) {
+      const img = el('img', 'thumb');
+      img.loading = 'lazy';
+      img.alt = c.camera + ': ' + (c.current ? c.current.name : '');
+      img.src = thumbUrl(c);
+      li.classList.add('has-thumb');
+      li.append(img);
+    }
     li.dataset.model = c.model || '';
     if (c.model) li.title = 'by ' + c.model;
     const what = el('span', 'what');
@@ -193,9 +229,12 @@
       what.append(el('span', 'new', c.current ? c.current.name : '?'));
       if (c.current) what.append(' ', el('span', 'muted', pct(c.current.score)));
     }
-    li.append(el('span', 'time', c.time_ms ? clock(c.time_ms) : ''), what);
+    if (c.change_id) li.title = (li.title ? li.title + '; ' : '') + 'lookout snapshot ' + c.change_id + ' > change.jpg';
+    const when = c.time_ms ? (shown === '' ? clock(c.time_ms) : new Date(c.time_ms).toLocaleString()) : '';
+    li.append(el('span', 'time', when), what);
     if (fresh) feed.prepend(li); else feed.append(li);
-    while (feed.children.length > MAX_CHANGES) feed.lastElementChild.remove();
+    // The recent feed is bounded; a camera's history grows as the page scrolls.
+    while (shown === '' && feed.children.length > MAX_CHANGES) feed.lastElementChild.remove();
     noChanges.hidden = true;
     const t = tiles.get(c.camera);
     if (fresh && t) {
@@ -204,6 +243,57 @@
     }
   }
 
+  // One page of the shown camera's history, older than what is shown.
+  async function loadHistory() {
+    if (loadingOlder || shown === '') return;
+    loadingOlder = true;
+    const camera = shown;
+    try {
+      let url = '/api/cameras/' + encodeURIComponent(camera) + '/history?limit=20';
+      if (oldest !== null) url += '&before=' + oldest;
+      const page = await fetch(url).then((r) => r.json());
+      if (camera !== shown) return;
+      for (const c of page.changes) {
+        onChange(c, false);
+        if (c.offset >= 0 && (oldest === null || c.offset < oldest)) oldest = c.offset;
+      }
+      more = page.more && page.changes.length > 0;
+      moreMarker.hidden = !more;
+      if (feed.children.length) noChanges.hidden = true;
+    } catch (e) {
+      console.warn('cannot load the history', e);
+    } finally {
+      loadingOlder = false;
+    }
+    if (more) {
+      older.unobserve(moreMarker);
+      older.observe(moreMarker);
+    }
+  }
+
+  function show(camera) {
+    shown = camera;
+    oldest = null;
+    more = false;
+    feed.replaceChildren();
+    seenChanges.clear();
+    noChanges.hidden = false;
+    moreMarker.hidden = true;
+    if (camera === '') {
+      load();
+    } else {
+      loadHistory();
+    }
+  }
+
+  picker.addEventListener('change', () => show(picker.value));
+  // Scrolling to the end of a camera's history loads older changes (and again while the end
+  // stays in view).
+  const older = new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting) && more) loadHistory();
+  });
+  older.observe(moreMarker);
+
   async function load() {
     try {
       const [cameras, changes] = await Promise.all([
@@ -211,6 +301,7 @@
         fetch('/api/changes').then((r) => r.json()),
       ]);
       for (const c of cameras) {
+        pickableCamera(c.id);
         const t = tile(c.id);
         if (c.sequence !== null && c.sequence > t.seq) {
           t.seq = c.sequence;
@@ -225,7 +316,7 @@
         if (c.label) onLabel(c.id, c.label);
         for (const d of c.detections || []) onObjects(c.id, d);
       }
-      for (const c of changes) onChange(c, false);
+      if (shown === '') for (const c of changes) onChange(c, false);
     } catch (e) {
       console.warn('cannot load the viewer state', e);
     }

@@ -33,6 +33,8 @@ pub fn app(state: ViewerState) -> Router {
         .route("/api/cameras", get(cameras))
         .route("/api/changes", get(changes))
         .route("/api/events", get(events_stream))
+        .route("/api/cameras/{id}/history", get(history))
+        .route("/api/cameras/{id}/history/{partition}/{thumbnail}", get(thumbnail))
         .route("/cameras/{id}/stream.mjpeg", get(stream))
         .route("/cameras/{id}/snapshot.jpg", get(snapshot))
         .fallback(not_found)
@@ -74,6 +76,45 @@ async fn cameras(State(state): State<ViewerState>) -> Response {
 
 async fn changes(State(state): State<ViewerState>) -> Response {
     no_store(Json(state.changes()).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    /// Changes before this offset (of the camera's partition of the changes topic).
+    before: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// Most changes one history request returns.
+const HISTORY_PAGE: usize = 50;
+
+/// A camera's changes, newest first, a page at a time: `?before=OFFSET&limit=N`. `more` says
+/// whether older ones may exist.
+async fn history(
+    State(state): State<ViewerState>,
+    Path(id): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(20).clamp(1, HISTORY_PAGE);
+    let (changes, more) = state.history().page(&id, query.before, limit).await;
+    no_store(Json(serde_json::json!({ "changes": changes, "more": more })).into_response())
+}
+
+/// A change's thumbnail: `/api/cameras/{id}/history/{partition}/{offset}.jpg`.
+async fn thumbnail(
+    State(state): State<ViewerState>,
+    Path((id, partition, name)): Path<(String, i32, String)>,
+) -> Result<Response, ApiError> {
+    let missing =
+        || ApiError::NotFound { path: format!("/api/cameras/{id}/history/{partition}/{name}") };
+    let offset: i64 = name.strip_suffix(".jpg").and_then(|o| o.parse().ok()).ok_or_else(missing)?;
+    let jpeg = state.history().thumbnail(&id, partition, offset).await.ok_or_else(missing)?;
+    // A stored change never changes: its thumbnail can be kept.
+    Ok((
+        [(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=86400")],
+        jpeg,
+    )
+        .into_response())
 }
 
 async fn events_stream(State(state): State<ViewerState>) -> Result<Response, ApiError> {

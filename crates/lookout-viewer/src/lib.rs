@@ -27,6 +27,7 @@ mod assets;
 mod auth;
 mod error;
 mod events;
+pub mod history;
 pub mod http;
 pub mod metrics;
 mod mjpeg;
@@ -107,6 +108,11 @@ pub struct ViewerArgs {
     /// JPEG quality of overlay frames (1-100).
     #[arg(long, env = "LOOKOUT_VIEWER_OVERLAY_QUALITY", default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub overlay_quality: u8,
+
+    /// Changes read back from the changes topic at start, so the page's history (with
+    /// thumbnails) survives a restart; older ones are read when a page scrolls to them.
+    #[arg(long, env = "LOOKOUT_VIEWER_HISTORY", default_value_t = 1000)]
+    pub history: u64,
 }
 
 impl ViewerArgs {
@@ -118,6 +124,7 @@ impl ViewerArgs {
             overlay_default: self.overlay_default,
             overlay_quality: self.overlay_quality,
             camera_idle: self.camera_idle,
+            history: self.history,
             auth_token: AuthToken::new(&self.auth_token),
             server: ServerLimits {
                 max_connections: self.max_connections,
@@ -221,9 +228,11 @@ pub async fn follow(
             shutdown.clone(),
         )
     };
-    let changes = bus.live(&topics::CHANGES).run(
+    let history = state.config().history;
+    state.read_history_from(bus.clone());
+    let changes = bus.live(&topics::CHANGES).with_history(history).run(
         move |m: Incoming<PredictionChange>| {
-            state.on_change(&m.message);
+            state.on_change_at(&m.message, m.meta.partition, m.meta.offset);
             std::future::ready(Ok(()))
         },
         shutdown,

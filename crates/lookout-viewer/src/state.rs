@@ -36,7 +36,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{auth::AuthToken, metrics as m, server::ServerLimits};
+use crate::{auth::AuthToken, history::History, metrics as m, server::ServerLimits};
 
 /// Prediction changes kept for `/api/changes`.
 pub const RECENT_CHANGES: usize = 50;
@@ -71,6 +71,8 @@ pub struct ViewerConfig {
     pub overlay_quality: u8,
     /// A camera that sent nothing (frame or prediction) for this long is forgotten.
     pub camera_idle: Duration,
+    /// Changes read back from the changes topic at start (the history).
+    pub history: u64,
     /// Every request must carry this token, when set.
     pub auth_token: Option<AuthToken>,
     /// Connection limits and timeouts of the HTTP server.
@@ -85,6 +87,7 @@ impl Default for ViewerConfig {
             overlay_default: false,
             overlay_quality: 80,
             camera_idle: Duration::from_secs(120),
+            history: 1000,
             auth_token: None,
             server: ServerLimits::default(),
         }
@@ -219,6 +222,37 @@ pub struct ChangeInfo {
     /// A detector's object event in words (`+person -car`), when the change is one: the set of
     /// classes present changed.
     pub objects: Option<String>,
+    /// Partition of the changes topic holding it (all of a camera's changes are in one).
+    pub partition: i32,
+    /// Its offset there: its place in the camera's history.
+    pub offset: i64,
+    /// Whether it has a thumbnail (at `/api/cameras/{camera}/history/{partition}/{offset}.jpg`).
+    pub thumbnail: bool,
+}
+
+impl ChangeInfo {
+    /// What is shown of `change`, read at `offset` of `partition` of the changes topic.
+    pub fn of(change: &PredictionChange, partition: i32, offset: i64) -> Self {
+        Self {
+            camera: change.camera_id.clone(),
+            sequence: change.frame_sequence,
+            time_ms: change
+                .time
+                .as_ref()
+                .and_then(lookout_proto::system_time)
+                .map(lookout_proto::unix_millis),
+            previous: change.previous.as_ref().map(label_view),
+            current: change.current.as_ref().map(label_view),
+            model: change.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+            change_id: change.change_id,
+            objects: change.current.as_ref().filter(|c| objects::is_present(c)).map(|c| {
+                objects::describe(change.previous.as_ref().map(|p| p.name.as_str()), &c.name)
+            }),
+            partition,
+            offset,
+            thumbnail: !change.thumbnail.is_empty(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -263,6 +297,7 @@ struct Inner {
     cameras: RwLock<BTreeMap<String, Arc<Camera>>>,
     camera_limit_warned: AtomicBool,
     changes: Mutex<VecDeque<ChangeInfo>>,
+    history: History,
     events: broadcast::Sender<Event>,
     clients: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -409,12 +444,14 @@ impl ViewerState {
     pub fn new(config: ViewerConfig, shutdown: CancellationToken) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let clients = Arc::new(Semaphore::new(config.max_clients));
+        let history = History::new(config.max_cameras);
         Self {
             inner: Arc::new(Inner {
                 config,
                 cameras: RwLock::new(BTreeMap::new()),
                 camera_limit_warned: AtomicBool::new(false),
                 changes: Mutex::new(VecDeque::with_capacity(RECENT_CHANGES)),
+                history,
                 events,
                 clients,
                 shutdown,
@@ -602,24 +639,32 @@ impl ViewerState {
         true
     }
 
-    /// Takes a prediction change (stored by the recorder). A change already kept is ignored.
+    /// Takes a prediction change (stored by the recorder) that has no place in the changes
+    /// topic (tests): it is kept in the recent feed only.
     pub fn on_change(&self, change: &PredictionChange) {
-        let info = ChangeInfo {
-            camera: change.camera_id.clone(),
-            sequence: change.frame_sequence,
-            time_ms: change
-                .time
-                .as_ref()
-                .and_then(lookout_proto::system_time)
-                .map(lookout_proto::unix_millis),
-            previous: change.previous.as_ref().map(label_view),
-            current: change.current.as_ref().map(label_view),
-            model: change.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-            change_id: change.change_id,
-            objects: change.current.as_ref().filter(|c| objects::is_present(c)).map(|c| {
-                objects::describe(change.previous.as_ref().map(|p| p.name.as_str()), &c.name)
-            }),
-        };
+        self.keep_change(ChangeInfo::of(change, 0, -1));
+    }
+
+    /// Takes a prediction change read at `offset` of `partition` of the changes topic: the
+    /// recent feed and its camera's history keep it. A change already kept is ignored.
+    pub fn on_change_at(&self, change: &PredictionChange, partition: i32, offset: i64) {
+        let info = ChangeInfo::of(change, partition, offset);
+        let thumbnail = Some(change.thumbnail.clone()).filter(|t| !t.is_empty());
+        self.inner.history.insert(info.clone(), thumbnail);
+        self.keep_change(info);
+    }
+
+    /// The cameras' histories.
+    pub(crate) fn history(&self) -> &History {
+        &self.inner.history
+    }
+
+    /// Older changes are read back from the changes topic through `bus`.
+    pub fn read_history_from(&self, bus: lookout_bus::Bus) {
+        self.inner.history.read_from(bus);
+    }
+
+    fn keep_change(&self, info: ChangeInfo) {
         {
             let mut changes = self.inner.changes.lock().expect("not poisoned");
             if changes.iter().any(|c| c.camera == info.camera && c.sequence == info.sequence) {

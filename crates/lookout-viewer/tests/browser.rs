@@ -11,8 +11,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -27,59 +26,7 @@ use lookout_viewer::ViewerArgs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use common::{frame, repo};
-
-/// The driver version; 1.61 is the newest that still runs on Debian 12's Node.js 18.
-const PLAYWRIGHT_CORE: &str = "1.61.1";
-
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("LOOKOUT_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        path.is_file(),
-        "the browser test needs headless Chromium at {}: install it (Debian: `apt-get install \
-         chromium`, as .ci/run does) or point LOOKOUT_CHROMIUM at it",
-        path.display()
-    );
-    path
-}
-
-/// Installs `playwright-core` under the target directory once; returns the package folder.
-fn playwright_core() -> PathBuf {
-    let node = Command::new("node").arg("--version").output();
-    let Ok(node) = node.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    else {
-        panic!(
-            "the browser test needs Node.js (`node`) and npm: install `nodejs npm`, as .ci/run does"
-        );
-    };
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("playwright-core-{PLAYWRIGHT_CORE}"));
-    let package = dir.join("node_modules").join("playwright-core");
-    if !package.join("package.json").is_file() {
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("npm")
-            .args(["install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund"])
-            .args(["--loglevel", "error", "--prefix"])
-            .arg(&dir)
-            .arg(format!("playwright-core@{PLAYWRIGHT_CORE}"))
-            .status()
-            .expect("npm runs (install `nodejs npm`, as .ci/run does)");
-        assert!(
-            status.success(),
-            "npm install playwright-core@{PLAYWRIGHT_CORE} failed (node {node})"
-        );
-    }
-    package
-}
-
-/// Where test artefacts go: `target/test-artifacts/`.
-fn artifacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{artifacts, chromium, frame, playwright_core, repo};
 
 /// A sample photo as a 640×480 camera frame.
 fn camera_jpeg(name: &str) -> (Bytes, u32, u32) {
@@ -143,6 +90,7 @@ async fn changes(bus: Bus, shutdown: CancellationToken) {
                         time: p.capture_time,
                         change_id: ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                         snapshot_missing: false,
+                        ..Default::default()
                     });
                 }
                 current.insert(key, (p.frame_sequence, p));
@@ -203,6 +151,7 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
         overlay_default: false,
         overlay_quality: 80,
         camera_idle: Duration::from_secs(120),
+        history: 1000,
         auth_token: TOKEN.to_owned(),
         max_connections: 512,
         header_timeout: Duration::from_secs(10),

@@ -10,24 +10,13 @@
 'use strict';
 
 const path = require('path');
-const { chromium } = require(process.env.PLAYWRIGHT_CORE);
+const { launch, log } = require('./launch.cjs');
 
 const [url, camera, label, object, steady, outDir, timeoutArg] = process.argv.slice(2);
 const timeout = Number(timeoutArg) || 60000;
 
-function log(...args) {
-  console.error('[browser]', ...args);
-}
-
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
+  const browser = await launch();
   const result = {};
   const token = process.env.VIEWER_TOKEN;
   if (token) {

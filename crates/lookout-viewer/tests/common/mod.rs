@@ -1,6 +1,11 @@
 #![allow(dead_code, unreachable_pub)]
 
-use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
 
 use bytes::Bytes;
 use image::codecs::jpeg::JpegEncoder;
@@ -236,4 +241,58 @@ impl StreamClient {
         .expect("the parts arrive");
         got
     }
+}
+
+// Headless Chromium for the browser tests.
+
+/// The driver version; 1.61 is the newest that still runs on Debian 12's Node.js 18.
+pub const PLAYWRIGHT_CORE: &str = "1.61.1";
+
+pub fn chromium() -> PathBuf {
+    let path = std::env::var_os("LOOKOUT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.is_file(),
+        "the browser test needs headless Chromium at {}: install it (Debian: `apt-get install \
+         chromium`, as .ci/run does) or point LOOKOUT_CHROMIUM at it",
+        path.display()
+    );
+    path
+}
+
+/// Installs `playwright-core` under the target directory once; returns the package folder.
+pub fn playwright_core() -> PathBuf {
+    let node = Command::new("node").arg("--version").output();
+    let Ok(node) = node.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    else {
+        panic!(
+            "the browser test needs Node.js (`node`) and npm: install `nodejs npm`, as .ci/run does"
+        );
+    };
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("playwright-core-{PLAYWRIGHT_CORE}"));
+    let package = dir.join("node_modules").join("playwright-core");
+    if !package.join("package.json").is_file() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("npm")
+            .args(["install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund"])
+            .args(["--loglevel", "error", "--prefix"])
+            .arg(&dir)
+            .arg(format!("playwright-core@{PLAYWRIGHT_CORE}"))
+            .status()
+            .expect("npm runs (install `nodejs npm`, as .ci/run does)");
+        assert!(
+            status.success(),
+            "npm install playwright-core@{PLAYWRIGHT_CORE} failed (node {node})"
+        );
+    }
+    package
+}
+
+/// Where test artefacts go: `target/test-artifacts/`.
+pub fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
