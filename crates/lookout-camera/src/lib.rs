@@ -19,7 +19,8 @@
 //! - `fit`: frames over the producer's `message.max.bytes` encoded again, smaller
 //!   ([`jpeg::shrink`]), or dropped and counted when they cannot fit;
 //! - `queue` and `publish`: the bounded drop-oldest queue and the publishing loop;
-//! - [`metrics`]: metric names.
+//! - [`metrics`]: metric names;
+//! - [`site`]: the cameras of a site file (`--config`), each in its own task of one process.
 //!
 //! [`run`] is the whole camera ([`Camera::open`], which fails fast on a bad source, then
 //! [`Camera::run`]); the binary only parses [`Args`] and calls those two:

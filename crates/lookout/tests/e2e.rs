@@ -386,6 +386,20 @@ fn an_invalid_site_file_is_refused_at_start_with_its_line() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("'--config <FILE>' cannot be used with"), "{stderr}");
+
+    // The demo checks the file before it starts anything.
+    std::fs::write(&file, "[[camera]]\nid = \"a\"\nsource = \"tape:1\"\n").unwrap();
+    let demo_dir = tmp.path().join("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["demo", "--config", file.to_str().unwrap(), "--dir", demo_dir.to_str().unwrap()])
+        .args(["--broker-listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:3:10: camera a: invalid source \"tape:1\"", file.display());
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!demo_dir.exists(), "nothing started");
 }
 
 #[test]
