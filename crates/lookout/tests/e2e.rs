@@ -362,42 +362,40 @@ fn a_failing_camera_of_a_site_is_reopened_on_its_own_and_the_others_go_on() {
     assert_eq!((status, body.trim()), (503, "not ready: source:broken"));
 }
 
+/// Runs `lookout ARGS`, which must refuse them as a usage error (exit code 64); its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(args)
+        .env_remove("LOOKOUT_CAMERA_SOURCE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+    stderr
+}
+
 #[test]
 fn an_invalid_site_file_is_refused_at_start_with_its_line() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("lookout.toml");
+    let config = file.to_str().unwrap();
     std::fs::write(&file, "[[camera]]\nid = \"a\"\nsource = \"synthetic\"\nframerate = 5\n")
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
-        .args(["camera", "--config", file.to_str().unwrap()])
-        .env_remove("LOOKOUT_CAMERA_SOURCE")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let want = format!("{}:4:1: unknown field `framerate`", file.display());
+    let stderr = refused(&["camera", "--config", config]);
+    let want = format!("{config}:4:1: unknown field `framerate`");
     assert!(stderr.contains(&want), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
-        .args(["camera", "--config", file.to_str().unwrap(), "--source", "synthetic"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&["camera", "--config", config, "--source", "synthetic"]);
     assert!(stderr.contains("'--config <FILE>' cannot be used with"), "{stderr}");
 
     // The demo checks the file before it starts anything.
     std::fs::write(&file, "[[camera]]\nid = \"a\"\nsource = \"tape:1\"\n").unwrap();
     let demo_dir = tmp.path().join("demo");
-    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
-        .args(["demo", "--config", file.to_str().unwrap(), "--dir", demo_dir.to_str().unwrap()])
-        .args(["--broker-listen", "127.0.0.1:0", "--viewer-listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let want = format!("{}:3:10: camera a: invalid source \"tape:1\"", file.display());
+    let dir = demo_dir.to_str().unwrap();
+    let stderr =
+        refused(&["demo", "--config", config, "--dir", dir, "--broker-listen", "127.0.0.1:0"]);
+    let want = format!("{config}:3:10: camera a: invalid source \"tape:1\"");
     assert!(stderr.contains(&want), "{stderr}");
     assert!(!demo_dir.exists(), "nothing started");
 }
