@@ -23,21 +23,20 @@ pub async fn main(args: Args) -> ExitCode {
             }
         };
     }
-    let site = match &args.camera.config {
-        Some(path) => match SiteFile::load(path).and_then(|s| site::cameras(&s, &args.camera)) {
-            Ok(cameras) => Some(cameras),
-            Err(e) => {
-                eprintln!("lookout-camera: {e}");
-                return ExitCode::from(lookout_service::EXIT_USAGE);
-            }
-        },
-        None => match args.camera.validate() {
-            Ok(()) => None,
-            Err(e) => {
-                eprintln!("lookout-camera: {e}");
-                return ExitCode::from(lookout_service::EXIT_USAGE);
-            }
-        },
+    // Everything that can be checked before starting: a bad option or site file is a usage error.
+    let checked = match &args.camera.config {
+        Some(path) => SiteFile::load(path)
+            .and_then(|s| site::cameras(&s, &args.camera))
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => args.camera.validate().map(|()| None).map_err(|e| e.to_string()),
+    };
+    let site = match checked {
+        Ok(site) => site,
+        Err(e) => {
+            eprintln!("lookout-camera: {e}");
+            return ExitCode::from(lookout_service::EXIT_USAGE);
+        }
     };
     lookout_service::main("lookout-camera", args.common.clone(), |svc| async move {
         match site {
