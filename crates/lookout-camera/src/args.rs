@@ -23,6 +23,20 @@ Sources (--source):
   images:DIR, images:GLOB        a looping slideshow, each image held --hold seconds
   synthetic                      a moving test pattern with frame number and time burned in
 
+Several cameras (--config FILE): a site file lists them, each with its id, source and \
+settings, and this one process captures them all, one task per camera; a camera that fails is \
+opened again on its own while the others go on. /readyz is ready when every camera's frames \
+flow (checks source:ID) and metrics carry a camera label. Relative file: and images: paths \
+are relative to the file's folder. An invalid file is refused at start with its line and the \
+reason:
+
+  [[camera]]
+  id = \"porch\"
+  source = \"rtsp://cam.local/stream\"
+  fps = 10
+  size = \"640x480\"            # or width = 640, height = 480
+  quality = 80                # --jpeg-quality; also max_width, max_height, hold, loop
+
 Sequence numbers: sequence = start_unix_millis * 1000 + frame_index. They are consecutive \
 within a run and keep increasing across restarts (unless a run publishes more than 1000 \
 frames per millisecond of uptime, or the clock steps back), with nothing stored.
@@ -57,9 +71,23 @@ pub struct CameraArgs {
         long,
         env = "LOOKOUT_CAMERA_SOURCE",
         value_name = "SOURCE",
-        required_unless_present = "list"
+        required_unless_present_any = ["list", "config"]
     )]
     pub source: Option<SourceSpec>,
+
+    /// A site file (lookout.toml) listing several cameras, each `[[camera]]` with its id,
+    /// source and settings: they are captured in this one process, each reconnecting on its
+    /// own. Instead of --source and the per-camera options.
+    #[arg(
+        long,
+        env = "LOOKOUT_CAMERA_CONFIG",
+        value_name = "FILE",
+        conflicts_with_all = [
+            "source", "camera_id", "fps", "loop_file", "hold", "jpeg_quality", "max_width",
+            "max_height", "width", "height", "list",
+        ]
+    )]
+    pub config: Option<PathBuf>,
 
     /// Camera id in every frame (and the Kafka key) [default: from the source: webcam-0, the
     /// file's name, the stream's host, the image folder's name, synthetic].
@@ -133,6 +161,7 @@ impl CameraArgs {
     pub fn new(source: SourceSpec) -> Self {
         Self {
             source: Some(source),
+            config: None,
             camera_id: None,
             fps: None,
             no_pace: false,

@@ -19,7 +19,8 @@
 //! - `fit`: frames over the producer's `message.max.bytes` encoded again, smaller
 //!   ([`jpeg::shrink`]), or dropped and counted when they cannot fit;
 //! - `queue` and `publish`: the bounded drop-oldest queue and the publishing loop;
-//! - [`metrics`]: metric names.
+//! - [`metrics`]: metric names;
+//! - [`site`]: the cameras of a site file (`--config`), each in its own task of one process.
 //!
 //! [`run`] is the whole camera ([`Camera::open`], which fails fast on a bad source, then
 //! [`Camera::run`]); the binary only parses [`Args`] and calls those two:
@@ -49,6 +50,7 @@ mod publish;
 mod queue;
 pub mod sequence;
 mod service;
+pub mod site;
 pub mod source;
 
 use std::{sync::Arc, time::SystemTime};
@@ -73,7 +75,7 @@ use crate::{
     queue::{FrameQueue, Overflow},
     sequence::Sequencer,
     source::{
-        Captured, Pacer, Source, SourceContext,
+        Captured, Health, Pacer, Source, SourceContext,
         ffmpeg::{Ffmpeg, FfmpegConfig, Input},
         images::Slideshow,
         synthetic::{self, Synthetic},
@@ -132,7 +134,7 @@ pub struct Camera {
     camera: String,
     source: Source,
     stats: Arc<Stats>,
-    readiness: Readiness,
+    health: Health,
 }
 
 impl Camera {
@@ -140,20 +142,29 @@ impl Camera {
     /// first image), so a bad source fails before anything else starts. Sets the `source`
     /// readiness check to false until frames flow.
     pub async fn open(args: CameraArgs, readiness: Readiness) -> Result<Self, CameraError> {
+        Self::open_with(args, Health::single(readiness), Arc::default()).await
+    }
+
+    /// [`Camera::open`] with the readiness check and the counters given: one of a site's
+    /// cameras has a check and metric labels of its own.
+    pub(crate) async fn open_with(
+        args: CameraArgs,
+        health: Health,
+        stats: Arc<Stats>,
+    ) -> Result<Self, CameraError> {
         metrics::describe();
         args.validate()?;
         let spec = args.source()?.clone();
         let camera = args.camera_id();
-        let stats = Arc::new(Stats::default());
         let ctx = SourceContext {
             camera: camera.clone(),
             jpeg: args.jpeg_options(),
-            readiness: readiness.clone(),
+            health: health.clone(),
             stats: Arc::clone(&stats),
         };
-        readiness.set("source", false);
+        health.set(false);
         let source = open(&spec, &args, ctx).await?;
-        Ok(Self { args, spec, camera, source, stats, readiness })
+        Ok(Self { args, spec, camera, source, stats, health })
     }
 
     /// The camera id frames are published with.
@@ -168,7 +179,7 @@ impl Camera {
     /// Sets the `source` readiness check (true while frames flow); the `kafka` check is the
     /// caller's ([`lookout_service::Service::watch_kafka`]).
     pub async fn run(self, bus: Bus, shutdown: CancellationToken) -> Result<Summary, CameraError> {
-        let Self { args, spec, camera, source, stats, readiness } = self;
+        let Self { args, spec, camera, source, stats, health } = self;
         let sequencer = Sequencer::starting_at(SystemTime::now());
         info!(camera_id = %camera, source = %spec, first_sequence = sequencer.peek(), topic = %bus.topic_name(topics::FRAMES.name()), "capturing");
 
@@ -183,7 +194,7 @@ impl Camera {
             fitter,
             Arc::clone(&queue),
             Arc::clone(&stats),
-            readiness,
+            health,
             camera.clone(),
             stop_capture.clone(),
         ));
@@ -266,7 +277,7 @@ async fn capture(
     mut fitter: Fitter,
     queue: Arc<FrameQueue<Captured>>,
     stats: Arc<Stats>,
-    readiness: Readiness,
+    health: Health,
     camera: String,
     stop: CancellationToken,
 ) -> Result<(), CameraError> {
@@ -282,7 +293,7 @@ async fn capture(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        readiness.set("source", true);
+        health.set(true);
         let bytes = frame.jpeg.len();
         let fitted = tokio::select! {
             biased;

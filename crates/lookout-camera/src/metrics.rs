@@ -1,12 +1,15 @@
 //! Metric names of the camera, as constants, and the counters behind [`Summary`].
 //!
-//! The camera is one process per camera, so no metric carries a camera label; `reason` is the
-//! only label, with the values of [`DropReason::as_str`].
+//! A process that captures one camera (`--source`) labels nothing but the drop `reason` (the
+//! values of [`DropReason::as_str`]); a process that captures a site file's cameras
+//! (`--config`) also labels every metric with `camera`, the camera id.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
+
+use metrics::Label;
 
 /// Frames obtained from the source (before any drop).
 pub const FRAMES_CAPTURED: &str = "lookout_camera_frames_captured_total";
@@ -127,29 +130,39 @@ pub(crate) struct Stats {
     dropped: [AtomicU64; DropReason::ALL.len()],
     first_sequence: AtomicU64,
     last_sequence: AtomicU64,
+    /// Labels of every metric: none, or the camera id of one of a site's cameras.
+    labels: Vec<Label>,
 }
 
 impl Stats {
+    /// Counters whose metrics carry `camera="ID"`.
+    pub(crate) fn of_site_camera(id: &str) -> Self {
+        Self { labels: vec![Label::new("camera", id.to_owned())], ..Self::default() }
+    }
+
     pub(crate) fn captured(&self, jpeg_bytes: usize) {
         self.captured.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(FRAMES_CAPTURED).increment(1);
-        metrics::histogram!(JPEG_BYTES).record(jpeg_bytes as f64);
+        metrics::counter!(FRAMES_CAPTURED, self.labels.iter()).increment(1);
+        metrics::histogram!(JPEG_BYTES, self.labels.iter()).record(jpeg_bytes as f64);
     }
 
     pub(crate) fn published(&self, capture_to_ack: Duration) {
         self.published.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(FRAMES_PUBLISHED).increment(1);
-        metrics::histogram!(CAPTURE_TO_PUBLISH).record(capture_to_ack.as_secs_f64());
+        metrics::counter!(FRAMES_PUBLISHED, self.labels.iter()).increment(1);
+        metrics::histogram!(CAPTURE_TO_PUBLISH, self.labels.iter())
+            .record(capture_to_ack.as_secs_f64());
     }
 
     pub(crate) fn shrunk(&self) {
         self.shrunk.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(FRAMES_SHRUNK).increment(1);
+        metrics::counter!(FRAMES_SHRUNK, self.labels.iter()).increment(1);
     }
 
     pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(FRAMES_DROPPED, "reason" => reason.as_str()).increment(1);
+        let mut labels = self.labels.clone();
+        labels.push(Label::new("reason", reason.as_str()));
+        metrics::counter!(FRAMES_DROPPED, labels).increment(1);
     }
 
     /// Records a sequence number handed to the producer (sequences start far above 0).

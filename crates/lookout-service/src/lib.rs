@@ -3,7 +3,8 @@
 //! stay out of `--help` and errors), logging with the service's logs shipped on the logs topic (unless
 //! `--no-ship-logs`), signal handling and shutdown ([`shutdown`]), and the admin HTTP server
 //! with `/livez`, `/readyz` and `/metrics` ([`admin`]), and credentials masked in URLs and
-//! text that show them ([`redact`]).
+//! text that show them ([`redact`]), and the site file that lists a site's cameras and models
+//! ([`site`]).
 //!
 //! A service's `main` stays thin:
 //!
@@ -22,6 +23,7 @@ mod args;
 pub mod cli;
 pub mod redact;
 pub mod shutdown;
+pub mod site;
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 

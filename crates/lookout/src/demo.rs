@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use lookout_bus::embedded::EmbeddedBroker;
+use lookout_service::site::SiteFile;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,16 @@ const REPLICA_REORDER_TIMEOUT: &str = "15s";
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
+    /// A site file (lookout.toml): its cameras (in one camera process) and its models (each
+    /// with its replicas, in its consumer group) instead of the camera and model options; e.g.
+    /// deploy/site/lookout.toml.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["source", "hold", "fps", "predictors", "model", "detectors", "detector_model"]
+    )]
+    config: Option<PathBuf>,
+
     /// What the camera captures: `images:DIR` (default: the project's sample photos),
     /// `synthetic`, `file:PATH`, `rtsp://…`, `webcam:0`.
     #[arg(long)]
@@ -110,20 +121,91 @@ enum State {
     Exited,
 }
 
+/// The camera and the predictors to start: their names and arguments.
+struct Plan {
+    camera: Vec<String>,
+    predictors: Vec<(String, Vec<String>)>,
+    /// Whether a model has several replicas (one of them may crash and fail over).
+    replicas: bool,
+}
+
+impl Plan {
+    /// From the command line: one camera, the classifier and the detector.
+    fn from_flags(args: &DemoArgs, root: &Path) -> anyhow::Result<Self> {
+        let model = manifest(&args.model, root, "models/efficientnet-lite0/model.toml", "--model")?;
+        let detector_model = manifest(
+            &args.detector_model,
+            root,
+            "models/ssdlite-mobilenet-v2-coco/model.toml",
+            "--detector-model",
+        )?;
+        let source = match &args.source {
+            Some(s) => s.clone(),
+            None => format!("images:{}", root.join("samples").display()),
+        };
+        let mut predictors = Vec::new();
+        for i in 0..args.predictors.max(1) {
+            let name = if args.predictors > 1 {
+                format!("predictor-{}", i + 1)
+            } else {
+                "predictor".into()
+            };
+            predictors.push((
+                name,
+                vec!["predictor".into(), "--model".into(), model.display().to_string()],
+            ));
+        }
+        // The detector: its own consumer group, so it sees every frame the classifier sees.
+        for i in 0..args.detectors {
+            let name =
+                if args.detectors > 1 { format!("detector-{}", i + 1) } else { "detector".into() };
+            let detector = detector_model.display().to_string();
+            predictors.push((name, s(&["predictor", "--model", &detector, "--group", "detector"])));
+        }
+        let mut camera =
+            vec!["camera".into(), "--source".into(), source, "--hold".into(), args.hold.clone()];
+        if let Some(fps) = args.fps {
+            camera.extend(["--fps".into(), fps.to_string()]);
+        }
+        Ok(Self { camera, predictors, replicas: args.predictors > 1 || args.detectors > 1 })
+    }
+
+    /// From a site file, checked here first so a bad file stops the demo before anything starts.
+    fn from_site(path: &Path) -> anyhow::Result<Self> {
+        let path =
+            path.canonicalize().with_context(|| format!("cannot read {}", path.display()))?;
+        let site = SiteFile::load(&path)?;
+        let defaults = lookout_camera::CameraArgs::new(lookout_camera::SourceSpec::Synthetic);
+        lookout_camera::site::cameras(&site, &defaults)?;
+        let mut predictors = Vec::new();
+        for model in &site.models {
+            lookout_predictor::model::Model::read_manifest(&model.path)
+                .with_context(|| format!("{}: model {}", path.display(), model.path.display()))?;
+            for i in 0..model.replicas {
+                let name = match model.replicas {
+                    1 => model.group.clone(),
+                    _ => format!("{}-{}", model.group, i + 1),
+                };
+                let manifest = model.path.display().to_string();
+                predictors
+                    .push((name, s(&["predictor", "--model", &manifest, "--group", &model.group])));
+            }
+        }
+        Ok(Self {
+            camera: s(&["camera", "--config", &path.display().to_string()]),
+            predictors,
+            replicas: site.models.iter().any(|m| m.replicas > 1),
+        })
+    }
+}
+
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     lookout_telemetry::init(lookout_telemetry::LogFormat::Pretty)?;
     let shutdown = lookout_service::shutdown::on_signals();
     let root = checkout_root();
-    let model = manifest(&args.model, &root, "models/efficientnet-lite0/model.toml", "--model")?;
-    let detector_model = manifest(
-        &args.detector_model,
-        &root,
-        "models/ssdlite-mobilenet-v2-coco/model.toml",
-        "--detector-model",
-    )?;
-    let source = match &args.source {
-        Some(s) => s.clone(),
-        None => format!("images:{}", root.join("samples").display()),
+    let Plan { camera, predictors, replicas } = match &args.config {
+        Some(path) => Plan::from_site(path)?,
+        None => Plan::from_flags(&args, &root)?,
     };
     std::fs::create_dir_all(args.dir.join("logs"))
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
@@ -146,7 +228,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let db = format!("sqlite://{}?mode=rwc", dir.join("lookout.db").display());
     let logs = format!("file:{}", dir.join("logs").display());
     let mut recorder = vec!["recorder".into(), "--database-url".into(), db];
-    if args.predictors > 1 || args.detectors > 1 {
+    if replicas {
         // A crashed replica's frames are labelled again after the group's session timeout:
         // the reorder window waits that out, so the crash costs no change.
         recorder.extend(["--reorder-timeout".into(), REPLICA_REORDER_TIMEOUT.into()]);
@@ -156,23 +238,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("recorder".into(), recorder),
         ("viewer".into(), vec!["viewer".into(), "--listen".into(), args.viewer_listen.to_string()]),
     ];
-    for i in 0..args.predictors.max(1) {
-        let name =
-            if args.predictors > 1 { format!("predictor-{}", i + 1) } else { "predictor".into() };
-        plan.push((name, vec!["predictor".into(), "--model".into(), model.display().to_string()]));
-    }
-    // The detector: its own consumer group, so it sees every frame the classifier sees.
-    for i in 0..args.detectors {
-        let name =
-            if args.detectors > 1 { format!("detector-{}", i + 1) } else { "detector".into() };
-        let detector = detector_model.display().to_string();
-        plan.push((name, s(&["predictor", "--model", &detector, "--group", "detector"])));
-    }
-    let mut camera =
-        vec!["camera".into(), "--source".into(), source, "--hold".into(), args.hold.clone()];
-    if let Some(fps) = args.fps {
-        camera.extend(["--fps".into(), fps.to_string()]);
-    }
+    plan.extend(predictors);
     plan.push(("camera".into(), camera));
 
     let mut services = Vec::new();

@@ -78,7 +78,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lookout: {e:#}");
-            ExitCode::FAILURE
+            // A site file that does not load is bad configuration, as a bad flag is.
+            match e.downcast_ref::<lookout_service::site::SiteError>() {
+                Some(_) => ExitCode::from(lookout_service::EXIT_USAGE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

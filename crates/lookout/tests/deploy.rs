@@ -17,8 +17,10 @@
 //!
 //! Everything else, empty values included, is passed as the files say. Kubernetes runs
 //! `deploy/k8s/overlays/samples`: the base with the sample photos as the camera, since the
-//! base's RTSP placeholder has no camera behind it. It is rendered by `kubectl kustomize`, as
-//! `deploy/check.sh` does.
+//! base's RTSP placeholder has no camera behind it; and `deploy/k8s/overlays/site`, whose camera
+//! captures the cameras of `deploy/site/lookout.toml`, mounted from a ConfigMap at
+//! `/opt/lookout/deploy/site/` (here: the checkout's copy of that file, at the same place). They
+//! are rendered by `kubectl kustomize`, as `deploy/check.sh` does.
 //!
 //! The embedded broker cannot create topics over the admin API (librdkafka's mock cluster
 //! times out), so the test creates the registry's topics first, as `lookout broker` does; the
@@ -413,8 +415,8 @@ fn until<T>(what: &str, running: &mut [Running], mut check: impl FnMut() -> Opti
 }
 
 /// Runs the one-shot containers to completion, then starts the others and waits for each to
-/// be ready and for a labelled frame on the viewer.
-fn run_deployment(what: &str, containers: &[Container]) -> (Site, Vec<Running>) {
+/// be ready and for a labelled frame of camera `camera` on the viewer.
+fn run_deployment(what: &str, containers: &[Container], camera: &str) -> (Site, Vec<Running>) {
     let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
     for service in ["camera", "predictor", "viewer", "recorder", "logship", "topics"] {
         assert!(names.iter().any(|n| n.contains(service)), "{what} has no {service}: {names:?}");
@@ -441,18 +443,18 @@ fn run_deployment(what: &str, containers: &[Container]) -> (Site, Vec<Running>) 
         });
     }
     let viewer = site.viewer.clone().expect("the viewer listens on an address");
-    let camera = until(&format!("{what}: a labelled frame on the viewer"), &mut running, || {
+    until(&format!("{what}: a labelled frame of {camera} on the viewer"), &mut running, || {
         let (_, body) = http_get(&viewer, "/api/cameras")?;
         let cameras: Json = serde_json::from_slice(&body).ok()?;
-        cameras.as_array()?.iter().find(|c| c["label"]["name"].as_str().is_some()).cloned()
+        let mut cameras = cameras.as_array()?.iter();
+        cameras.find(|c| c["id"] == camera && c["label"]["name"].as_str().is_some()).cloned()
     });
-    assert_eq!(camera["id"], "samples", "{camera}");
-    let (status, jpeg) = http_get(&viewer, "/cameras/samples/snapshot.jpg").unwrap();
+    let (status, jpeg) = http_get(&viewer, &format!("/cameras/{camera}/snapshot.jpg")).unwrap();
     assert_eq!(status, 200);
     assert_eq!(jpeg[..2], [0xff, 0xd8], "the snapshot is a JPEG");
     // Metrics are checked with a stream client connected, so the viewer's client metrics exist.
     let mut watcher = TcpStream::connect(&viewer).unwrap();
-    write!(watcher, "GET /cameras/samples/stream.mjpeg HTTP/1.1\r\nHost: {viewer}\r\n\r\n")
+    write!(watcher, "GET /cameras/{camera}/stream.mjpeg HTTP/1.1\r\nHost: {viewer}\r\n\r\n")
         .unwrap();
     let mut first = [0u8; 256];
     assert!(watcher.read(&mut first).unwrap() > 0, "the stream starts");
@@ -521,13 +523,37 @@ fn check_metrics(name: &str, admin: &str) {
 #[test]
 fn docker_compose_runs_and_shows_a_labelled_frame() {
     let containers = compose();
-    run_deployment("docker-compose.yml", &containers);
+    run_deployment("docker-compose.yml", &containers, "samples");
 }
 
 #[test]
 fn kubernetes_manifests_run_and_show_a_labelled_frame() {
     let containers = kubernetes("deploy/k8s/overlays/samples");
-    run_deployment("deploy/k8s/overlays/samples", &containers);
+    run_deployment("deploy/k8s/overlays/samples", &containers, "samples");
+}
+
+#[test]
+fn kubernetes_site_overlay_captures_every_camera_of_the_site_file() {
+    let overlay = "deploy/k8s/overlays/site";
+    let containers = kubernetes(overlay);
+    let camera = containers.iter().find(|c| c.name == "lookout-camera").unwrap();
+    assert_eq!(
+        camera.env.get("LOOKOUT_CAMERA_CONFIG").map(String::as_str),
+        Some("/opt/lookout/deploy/site/lookout.toml"),
+        "the camera reads the site file where the ConfigMap is mounted: {:?}",
+        camera.env
+    );
+    assert!(!camera.env.contains_key("LOOKOUT_CAMERA_SOURCE"), "{:?}", camera.env);
+    let (site, mut running) = run_deployment(overlay, &containers, "lobby");
+    let viewer = site.viewer.clone().unwrap();
+    until("every camera of deploy/site/lookout.toml on the viewer", &mut running, || {
+        let (_, body) = http_get(&viewer, "/api/cameras")?;
+        let cameras: Json = serde_json::from_slice(&body).ok()?;
+        let mut ids: Vec<&str> =
+            cameras.as_array()?.iter().filter_map(|c| c["id"].as_str()).collect();
+        ids.sort_unstable();
+        (ids == ["kitchen", "lobby", "pattern"]).then_some(())
+    });
 }
 
 /// The environment variables a command reads, as its `--help` lists them (`[env: NAME=…]`).

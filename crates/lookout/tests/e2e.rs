@@ -63,10 +63,12 @@ fn repo(path: &str) -> PathBuf {
 fn start(t: &TestBus, dir: &Path, name: &str, args: &[String]) -> Service {
     let path = dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_lookout"))
-        .args(args)
-        .args(t.child_args())
-        .args(["--instance", name, "--admin-addr", "127.0.0.1:0"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    command.args(args).args(t.child_args()).args(["--instance", name]);
+    if !args.iter().any(|a| a == "--admin-addr") {
+        command.args(["--admin-addr", "127.0.0.1:0"]);
+    }
+    let child = command
         .env("RUST_LOG", "info")
         .env_remove("LOOKOUT_BROKERS")
         .stdin(Stdio::null())
@@ -229,6 +231,173 @@ fn log_records(dir: &Path) -> Vec<Value> {
         }
     }
     out
+}
+
+/// A plain HTTP GET: status and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, raw[end + 4..].to_vec()))
+}
+
+/// A GET whose body is text.
+fn http_text(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get(port, path).map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The camera ids the viewer lists.
+fn viewer_cameras(port: u16) -> BTreeSet<String> {
+    let Some((200, body)) = http_get(port, "/api/cameras") else { return BTreeSet::new() };
+    let cameras: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+    cameras.iter().filter_map(|c| c["id"].as_str().map(str::to_owned)).collect()
+}
+
+/// A site file's cameras captured by one `lookout camera --config` process, and a viewer, on
+/// a broker of their own; the services stop when it is dropped.
+struct SiteRun {
+    camera: Service,
+    _viewer: Service,
+    viewer: u16,
+    admin: u16,
+    _bus: TestBus,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes `files` (paths relative to the site file) and the site file `site` into a fresh
+/// folder, then starts the viewer and the camera process on it.
+fn run_site(site: &str, files: &[(&str, Vec<u8>)]) -> SiteRun {
+    let t = TestBus::start();
+    tokio::runtime::Runtime::new().unwrap().block_on(t.create_registry_topics());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let file = dir.join("lookout.toml");
+    std::fs::write(&file, site).unwrap();
+    let (viewer, admin) = (free_port(), free_port());
+    let viewer_service =
+        start(&t, dir, "viewer", &s(&["viewer", "--listen", &format!("127.0.0.1:{viewer}")]));
+    let config = file.display().to_string();
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let camera =
+        start(&t, dir, "camera", &s(&["camera", "--config", &config, "--admin-addr", &admin_addr]));
+    SiteRun { camera, _viewer: viewer_service, viewer, admin, _bus: t, _dir: tmp }
+}
+
+#[test]
+fn a_site_file_s_three_cameras_run_in_one_process_and_all_reach_the_viewer() {
+    let site = format!(
+        r#"
+[[camera]]
+id = "porch"
+source = "images:{samples}"
+hold = "1s"
+fps = 4
+
+[[camera]]
+id = "kitchen"
+source = "images:media/coffee.png"   # relative to the site file
+fps = 2
+
+[[camera]]
+id = "gate"
+source = "synthetic"
+size = "160x120"
+fps = 4
+quality = 60
+"#,
+        samples = repo("samples").display()
+    );
+    let coffee = std::fs::read(repo("samples/coffee.png")).unwrap();
+    let run = run_site(&site, &[("media/coffee.png", coffee)]);
+    let (viewer, admin) = (run.viewer, run.admin);
+
+    let want: BTreeSet<String> = ["gate", "kitchen", "porch"].map(String::from).into();
+    eventually("the viewer to list the three cameras", || {
+        (viewer_cameras(viewer) == want).then_some(())
+    });
+    // Ready once every camera's frames flow; each camera's frames counted under its id.
+    eventually("the camera process to be ready", || {
+        matches!(http_get(admin, "/readyz"), Some((200, _))).then_some(())
+    });
+    let (_, metrics) = http_text(admin, "/metrics").unwrap();
+    for id in &want {
+        let published = format!("lookout_camera_frames_published_total{{camera=\"{id}\"}}");
+        assert!(metrics.contains(&published), "{published} in {metrics}");
+    }
+    for id in &want {
+        let (status, jpeg) = http_get(viewer, &format!("/cameras/{id}/snapshot.jpg")).unwrap();
+        assert_eq!(status, 200, "{id}");
+        assert_eq!(jpeg[..2], [0xff, 0xd8], "{id}: a JPEG");
+    }
+}
+
+/// A camera of a site that fails is opened again and again on its own, while the others go on,
+/// and readiness names it.
+#[test]
+fn a_failing_camera_of_a_site_is_reopened_on_its_own_and_the_others_go_on() {
+    // A file that exists (so the site file is accepted) but is no video: ffmpeg fails on it.
+    let site = "[[camera]]\nid = \"broken\"\nsource = \"file:broken.mp4\"\n\n\
+                [[camera]]\nid = \"gate\"\nsource = \"synthetic\"\nsize = \"160x120\"\nfps = 4\n";
+    let run = run_site(site, &[("broken.mp4", b"not a video".to_vec())]);
+
+    let log = run.camera.log.clone().unwrap();
+    eventually("the broken camera to be opened again twice", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.matches("opening it again").count() >= 2).then_some(())
+    });
+    eventually("the viewer to list the working camera", || {
+        viewer_cameras(run.viewer).contains("gate").then_some(())
+    });
+    assert!(!viewer_cameras(run.viewer).contains("broken"));
+    let (status, body) = http_text(run.admin, "/readyz").unwrap();
+    assert_eq!((status, body.trim()), (503, "not ready: source:broken"));
+}
+
+/// Runs `lookout ARGS`, which must refuse them as a usage error (exit code 64); its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(args)
+        .env_remove("LOOKOUT_CAMERA_SOURCE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn an_invalid_site_file_is_refused_at_start_with_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("lookout.toml");
+    let config = file.to_str().unwrap();
+    std::fs::write(&file, "[[camera]]\nid = \"a\"\nsource = \"synthetic\"\nframerate = 5\n")
+        .unwrap();
+    let stderr = refused(&["camera", "--config", config]);
+    let want = format!("{config}:4:1: unknown field `framerate`");
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    let stderr = refused(&["camera", "--config", config, "--source", "synthetic"]);
+    assert!(stderr.contains("'--config <FILE>' cannot be used with"), "{stderr}");
+
+    // The demo checks the file before it starts anything.
+    std::fs::write(&file, "[[camera]]\nid = \"a\"\nsource = \"tape:1\"\n").unwrap();
+    let demo_dir = tmp.path().join("demo");
+    let dir = demo_dir.to_str().unwrap();
+    let stderr =
+        refused(&["demo", "--config", config, "--dir", dir, "--broker-listen", "127.0.0.1:0"]);
+    let want = format!("{config}:3:10: camera a: invalid source \"tape:1\"");
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!demo_dir.exists(), "nothing started");
 }
 
 #[test]

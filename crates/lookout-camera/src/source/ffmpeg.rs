@@ -311,7 +311,7 @@ impl Ffmpeg {
                             });
                         }
                         Input::Stream { .. } => {
-                            self.ctx.readiness.set("source", false);
+                            self.ctx.health.set(false);
                             warn!(camera_id = %self.ctx.camera, input = %input, status = %describe(status), stderr = %stderr, frames, attempt = self.backoff.attempts() + 1, "stream ended; reconnecting");
                         }
                     }
@@ -377,13 +377,13 @@ mod tests {
     use lookout_service::Readiness;
 
     use super::*;
-    use crate::jpeg::JpegOptions;
+    use crate::{jpeg::JpegOptions, source::Health};
 
     fn ctx(max_width: Option<u32>, max_height: Option<u32>) -> SourceContext {
         SourceContext {
             camera: "c".into(),
             jpeg: JpegOptions { quality: 85, max_width, max_height },
-            readiness: Readiness::default(),
+            health: Health::single(Readiness::default()),
             stats: Arc::default(),
         }
     }

@@ -231,6 +231,33 @@ pub(crate) fn sanitize_id(raw: &str) -> String {
     mapped.trim_matches('-').to_owned()
 }
 
+/// One camera's readiness check: `source` for the camera of a process, `source:ID` for each
+/// camera of a site file; true while frames flow.
+#[derive(Debug, Clone)]
+pub(crate) struct Health {
+    readiness: Readiness,
+    check: &'static str,
+}
+
+impl Health {
+    /// The `source` check of a process with one camera.
+    pub(crate) fn single(readiness: Readiness) -> Self {
+        Self { readiness, check: "source" }
+    }
+
+    /// The check `source:ID` of one of a site's cameras. The name lives as long as the
+    /// process: call this once per camera, not per reconnection.
+    pub(crate) fn of_site_camera(readiness: Readiness, id: &str) -> Self {
+        let check: &'static str = Box::leak(format!("source:{id}").into_boxed_str());
+        Self { readiness, check }
+    }
+
+    /// Sets the check.
+    pub(crate) fn set(&self, ok: bool) {
+        self.readiness.set(self.check, ok);
+    }
+}
+
 /// What every source needs to know.
 #[derive(Debug, Clone)]
 pub(crate) struct SourceContext {
@@ -238,8 +265,8 @@ pub(crate) struct SourceContext {
     pub(crate) camera: String,
     /// How frames are encoded.
     pub(crate) jpeg: JpegOptions,
-    /// The service's readiness (the `source` check).
-    pub(crate) readiness: Readiness,
+    /// This camera's readiness check.
+    pub(crate) health: Health,
     /// Counters (frames a source drops itself).
     pub(crate) stats: Arc<Stats>,
 }
