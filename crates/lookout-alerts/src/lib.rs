@@ -29,7 +29,7 @@ pub mod sink;
 
 use std::{path::PathBuf, time::Duration};
 
-use lookout_bus::{Bus, topics};
+use lookout_bus::{Bus, StartAt, topics};
 use lookout_service::{Readiness, parse_duration};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -64,6 +64,15 @@ pub enum Stage {
     Sinks,
 }
 
+/// Where a new consumer group of the rules starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Start {
+    /// Only messages produced from now on.
+    Latest,
+    /// The oldest retained message.
+    Earliest,
+}
+
 /// The alerts service's options. Each is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AlertsArgs {
@@ -85,6 +94,12 @@ pub struct AlertsArgs {
     /// Which stages to run.
     #[arg(long, env = "LOOKOUT_ALERTS_STAGE", value_enum, default_value_t = Stage::All)]
     pub stage: Stage,
+
+    /// Where the rules start reading when their consumer groups have no committed offsets:
+    /// `latest` (only what comes from now on: no alerts about the past) or `earliest` (every
+    /// retained prediction and change). The sinks always start at the earliest alert.
+    #[arg(long, env = "LOOKOUT_ALERTS_START", value_enum, default_value_t = Start::Latest)]
+    pub start: Start,
 
     /// Consumer group of the rules on predictions; `<group>-changes` reads changes and
     /// `<group>-sinks` the alerts.
@@ -154,6 +169,10 @@ pub async fn run(
     let (on_predictions, on_changes) =
         (rules.watch(Source::Predictions), rules.watch(Source::Changes));
     let firing = Firing::new(Engine::new(rules), &bus);
+    let start = match args.start {
+        Start::Latest => StartAt::Latest,
+        Start::Earliest => StartAt::Earliest,
+    };
     let rules_stage = matches!(args.stage, Stage::All | Stage::Rules);
     let sinks_stage = matches!(args.stage, Stage::All | Stage::Sinks);
     let (changes_group, sinks_group) =
@@ -161,11 +180,15 @@ pub async fn run(
 
     let predictions = when(
         rules_stage && on_predictions,
-        bus.subscriber(&topics::PREDICTIONS, &args.group).run(firing.clone(), shutdown.clone()),
+        bus.subscriber(&topics::PREDICTIONS, &args.group)
+            .start_at(start)
+            .run(firing.clone(), shutdown.clone()),
     );
     let changes = when(
         rules_stage && on_changes,
-        bus.subscriber(&topics::CHANGES, &changes_group).run(firing, shutdown.clone()),
+        bus.subscriber(&topics::CHANGES, &changes_group)
+            .start_at(start)
+            .run(firing, shutdown.clone()),
     );
     let delivering = Delivering::new(sinks, readiness);
     let delivering = when(

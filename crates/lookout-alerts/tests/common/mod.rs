@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
-use lookout_alerts::{AlertsArgs, Rules, SinkSpec, Stage};
+use lookout_alerts::{AlertsArgs, Rules, SinkSpec, Stage, Start};
 use lookout_bus::{Bus, topics};
 use lookout_proto::v1::{Label, ModelKind, ModelRef, Prediction};
 use lookout_service::Readiness;
@@ -76,6 +76,8 @@ impl Service {
             config: PathBuf::from("test.toml"),
             sinks,
             stage: Stage::All,
+            // The test publishes before the service's groups have joined.
+            start: Start::Earliest,
             group: "alerts".into(),
             mqtt_topic_prefix: mqtt_prefix.into(),
             mqtt_client_id: Some(format!("lookout-alerts-{}", uuid::Uuid::new_v4().simple())),
