@@ -1,7 +1,7 @@
 //! The JSON form of an alert, which every sink delivers.
 //!
 //! ```json
-//! {"rule":"person-at-door","camera":"door","label":"person","score":0.91,
+//! {"event_type":"person-at-door","rule":"person-at-door","camera":"door","label":"person","score":0.91,
 //!  "episode":"person-at-door/door/1042","source":"predictions","model":"yolo",
 //!  "first_sequence":1042,"first_time":"2026-05-01T10:00:01.2Z",
 //!  "last_sequence":1045,"last_time":"2026-05-01T10:00:01.5Z",
@@ -9,7 +9,8 @@
 //!  "alert_time":"2026-05-01T10:00:01.53Z","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}
 //! ```
 //!
-//! Times are RFC 3339 in UTC; `box` is in normalised frame coordinates and `null` for a
+//! `event_type` repeats the rule for Home Assistant (an MQTT `event` entity takes the event's
+//! type from it). Times are RFC 3339 in UTC; `box` is in normalised frame coordinates and `null` for a
 //! classifier's label; `episode` is the same for every copy of one episode's alert, so a
 //! receiver can drop the duplicates that at-least-once delivery may bring.
 
@@ -20,6 +21,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 /// An alert as JSON.
 #[derive(Debug, Serialize)]
 pub struct AlertJson<'a> {
+    /// The rule's name again, under the key Home Assistant's MQTT `event` entities read.
+    event_type: &'a str,
     rule: &'a str,
     camera: &'a str,
     label: &'a str,
@@ -54,6 +57,7 @@ impl<'a> AlertJson<'a> {
             _ => "unspecified",
         };
         Self {
+            event_type: &alert.rule,
             rule: &alert.rule,
             camera: &alert.camera_id,
             label: &alert.label,
@@ -108,6 +112,7 @@ mod tests {
         assert_eq!(v["first_time"], "2023-11-14T22:13:20.25Z");
         assert_eq!(v["box"]["width"], 0.25);
         assert_eq!(v["episode"], "r/door/7");
+        assert_eq!(v["event_type"], "r");
         assert_eq!(v["source"], "predictions");
         assert_eq!(v["model"], "yolo");
         assert!(v["last_time"].is_null());
