@@ -9,7 +9,10 @@ use std::{collections::BTreeSet, sync::atomic::Ordering};
 use common::{Mosquitto, Service, Subscriber, Webhook, mqtt_prefix, publish};
 use lookout_alerts::{SinkSpec, sink::webhook};
 use lookout_bus::topics;
-use lookout_proto::v1::{Alert, AlertSource, Prediction};
+use lookout_proto::{
+    objects,
+    v1::{Alert, AlertSource, Prediction, PredictionChange},
+};
 use lookout_test_util::TestBus;
 
 const RULES: &str = r#"
@@ -194,5 +197,34 @@ async fn a_failing_webhook_gets_the_alert_once_it_answers() {
         .collect();
     assert_eq!(failed, BTreeSet::from(["cat-seen/porch/1"]), "only the first alert was refused");
     service.wait_sinks_ready(true).await;
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_object_event_alerts_on_arrival() {
+    let tb = TestBus::start();
+    tb.create_registry_topics().await;
+    let hook = Webhook::start(false).await;
+    let rules = "[[alert]]\nname = \"car-arrives\"\nclass = \"car\"\nsource = \"changes\"\n";
+    let service = Service::start(&tb, rules, vec![hook.url.parse().unwrap()], "unused");
+    let changes = tb.bus("test-recorder").publisher(&topics::CHANGES);
+    let event = |seq: u64, before: &[&str], now: &[&str]| PredictionChange {
+        camera_id: "drive".into(),
+        frame_sequence: seq,
+        previous: Some(objects::present(before.iter().copied())),
+        current: Some(objects::present(now.iter().copied())),
+        time: Some(lookout_proto::timestamp_from_millis(common::T0_MS + seq as i64 * 100)),
+        ..Default::default()
+    };
+    // A person arrives (no alert), then the car: one alert, for the car.
+    changes.send(&event(3, &[], &["person"])).await.unwrap();
+    changes.send(&event(7, &["person"], &["car", "person"])).await.unwrap();
+
+    let requests = hook.wait_for(1).await;
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(body["episode"], "car-arrives/drive/7");
+    assert_eq!(body["source"], "changes");
+    assert_eq!(body["label"], "car");
+    assert!(requests[0].headers.get(webhook::SIGNATURE_HEADER).is_none(), "no secret: unsigned");
     service.stop().await;
 }
