@@ -103,6 +103,7 @@ mod tests {
             "lookout.v1.Frame",
             "lookout.v1.Prediction",
             "lookout.v1.PredictionChange",
+            "lookout.v1.Alert",
             "lookout.v1.LogRecord",
         ] {
             assert!(DESCRIPTOR_POOL.get_message_by_name(name).is_some(), "{name}");

@@ -6,11 +6,12 @@
 //! | `lookout.predictions` | [`Prediction`] | camera id | 3 | by key |
 //! | `lookout.changes` | [`PredictionChange`] | camera id | 1 | by key |
 //! | `lookout.logs` | [`LogRecord`] | service name | 3 | by key |
+//! | `lookout.alerts` | [`Alert`] | camera id | 1 | by key |
 //! | `lookout.dlq` | the original bytes | the original key | 1 | by key |
 //!
 //! Each topic also says how long the brokers keep it ([`Retention`], set when
 //! `lookout topics --create` creates it): frames for an hour, predictions for a week, changes
-//! for a month, logs for two days, dead letters for a week.
+//! and alerts for a month, logs for two days, dead letters for a week.
 //!
 //! Frames of one camera are spread over all partitions of `lookout.frames` (partition =
 //! (hash(camera) + sequence) mod partitions), so predictor replicas in one consumer group
@@ -18,7 +19,7 @@
 
 use std::marker::PhantomData;
 
-use crate::v1::{Frame, LogRecord, Prediction, PredictionChange};
+use crate::v1::{Alert, Frame, LogRecord, Prediction, PredictionChange};
 
 /// A protobuf message that travels on a Lookout topic.
 pub trait BusMessage: prost::Message + prost::Name + Default + Send + Sync + 'static {
@@ -56,6 +57,12 @@ impl BusMessage for PredictionChange {
     }
     fn sequence(&self) -> Option<u64> {
         Some(self.frame_sequence)
+    }
+}
+
+impl BusMessage for Alert {
+    fn key(&self) -> &str {
+        &self.camera_id
     }
 }
 
@@ -250,6 +257,10 @@ pub const PREDICTIONS: Topic<Prediction> =
 pub const CHANGES: Topic<PredictionChange> =
     Topic::new("lookout.changes", 1, Partitioning::ByKey, "camera id", CHANGES_RETENTION);
 
+/// Alerts of the rule engine (`lookout-alerts`), to its sinks (MQTT, webhooks, stdout).
+pub const ALERTS: Topic<Alert> =
+    Topic::new("lookout.alerts", 1, Partitioning::ByKey, "camera id", CHANGES_RETENTION);
+
 /// Every service's log records, to the log shipper.
 pub const LOGS: Topic<LogRecord> =
     Topic::new("lookout.logs", 3, Partitioning::ByKey, "service name", LOGS_RETENTION);
@@ -268,6 +279,7 @@ pub fn all() -> Vec<TopicSpec> {
         PREDICTIONS.spec(),
         CHANGES.spec(),
         LOGS.spec(),
+        ALERTS.spec(),
         TopicSpec {
             name: DLQ,
             partitions: DLQ_PARTITIONS,
@@ -340,6 +352,7 @@ mod tests {
         assert_eq!(message_type_of("lookout.frames").as_deref(), Some("lookout.v1.Frame"));
         assert_eq!(message_type_of("lookout.logs").as_deref(), Some("lookout.v1.LogRecord"));
         assert_eq!(message_type_of("lookout.dlq"), None);
-        assert_eq!(all().len(), 5);
+        assert_eq!(message_type_of("lookout.alerts").as_deref(), Some("lookout.v1.Alert"));
+        assert_eq!(all().len(), 6);
     }
 }

@@ -52,6 +52,9 @@ enum Command {
     Recorder(lookout_recorder::Args),
     /// Run the log shipper (same as `lookout-logship`).
     Logship(lookout_logship::Args),
+    /// Run the alerts service (same as `lookout-alerts`): rules over predictions and changes,
+    /// alerts to MQTT, webhooks and stdout.
+    Alerts(lookout_alerts::Args),
     /// Exit 0 when an HTTP URL answers 200 (container healthchecks).
     Healthcheck(healthcheck::HealthcheckArgs),
 }
@@ -73,6 +76,7 @@ async fn main() -> ExitCode {
         Command::Viewer(args) => return lookout_viewer::main(args).await,
         Command::Recorder(args) => return lookout_recorder::main(args).await,
         Command::Logship(args) => return lookout_logship::main(args).await,
+        Command::Alerts(args) => return lookout_alerts::main(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

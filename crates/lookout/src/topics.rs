@@ -10,7 +10,8 @@ use lookout_proto::{Retention, TopicSpec};
 use lookout_service::CommonArgs;
 
 /// Consumer groups of Lookout's services, shown when the brokers cannot list groups.
-const SERVICE_GROUPS: &[&str] = &["predictor", "recorder", "logship"];
+const SERVICE_GROUPS: &[&str] =
+    &["predictor", "recorder", "logship", "alerts", "alerts-changes", "alerts-sinks"];
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TopicsArgs {
@@ -32,7 +33,7 @@ pub(crate) struct TopicsArgs {
 
     /// How long a topic keeps messages, TOPIC=DURATION (repeatable; in the environment
     /// comma-separated), e.g. frames=2h. Defaults: frames 1h, logs 2d, predictions 7d,
-    /// dlq 7d, changes 30d.
+    /// dlq 7d, changes 30d, alerts 30d.
     #[arg(
         long = "retention",
         env = "LOOKOUT_TOPICS_RETENTION",
