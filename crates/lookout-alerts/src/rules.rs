@@ -364,6 +364,17 @@ impl fmt::Display for Target {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_example_site_file_has_a_working_rule() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/site/lookout.toml");
+        let rules = Rules::load(&path).unwrap();
+        let [rule] = rules.as_slice() else { panic!("one rule: {rules:?}") };
+        assert_eq!(rule.name, "cat-in-lobby");
+        assert!(rule.applies_to("lobby") && !rule.applies_to("kitchen"));
+        assert_eq!(rule.target.name(), "cat");
+        assert_eq!(rule.cooldown, Duration::from_secs(10));
+    }
+
     fn error(text: &str) -> (usize, String) {
         match Rules::parse(text, "site.toml") {
             Err(RulesError::Invalid { line, reason, path }) => {

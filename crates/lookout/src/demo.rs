@@ -191,8 +191,15 @@ impl Plan {
                     .push((name, s(&["predictor", "--model", &manifest, "--group", &model.group])));
             }
         }
+        // The site's alert rules, checked now; the alerts stage prints what fires.
+        let rules = lookout_alerts::Rules::load(&path)?;
+        let file = path.display().to_string();
+        if !rules.is_empty() {
+            predictors
+                .push(("alerts".into(), s(&["alerts", "--config", &file, "--sink", "stdout"])));
+        }
         Ok(Self {
-            camera: s(&["camera", "--config", &path.display().to_string()]),
+            camera: s(&["camera", "--config", &file]),
             predictors,
             replicas: site.models.iter().any(|m| m.replicas > 1),
         })
