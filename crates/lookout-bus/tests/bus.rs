@@ -498,11 +498,7 @@ async fn partitions_lost_to_a_session_timeout_are_read_again_when_they_come_back
     let task = tokio::spawn(sub.run(
         move |m: Incoming<Prediction>| {
             let tx = tx.clone();
-            async move {
-                tx.send(m.message.frame_sequence)
-                    .await
-                    .map_err(|e| HandlerError::Transient(e.to_string()))
-            }
+            async move { tx.send(m.message.frame_sequence).await.map_err(HandlerError::transient) }
         },
         shutdown.clone(),
     ));
