@@ -19,7 +19,7 @@
 //!   finish the messages it is on, then commits: the next owner starts after them, so a
 //!   rebalance hands no message to two members. A task still busy at the deadline is
 //!   abandoned; its messages are handled again by the next owner. Lost partitions (a session
-//!   timeout) are abandoned at once. Groups use the `cooperative-sticky` assignor, so only the
+//!   timeout) are abandoned at once, and get a new task if they come back. Groups use the `cooperative-sticky` assignor, so only the
 //!   partitions that move stop.
 //! - A **handler that panics** stops the subscriber with [`BusError::HandlerPanicked`]: the
 //!   service fails and its orchestrator restarts it, rather than a partition silently wedged.
@@ -608,17 +608,20 @@ impl Group {
                 running.remove(&tp);
                 result.err()
             }
-            Err(e) if e.is_panic() => {
+            Err(e) => {
                 let id = e.id();
                 let tp = running.iter().find(|(_, r)| r.abort.id() == id).map(|(tp, _)| tp.clone());
                 if let Some(tp) = &tp {
                     running.remove(tp);
                 }
+                if !e.is_panic() {
+                    // Aborted: its partition was lost, or a drain gave up on it. Forgotten
+                    // either way, so the partition gets a new task when it is assigned again.
+                    return None;
+                }
                 let (topic, partition) = tp.map_or(("?".into(), -1), |(t, p)| (t.to_string(), p));
                 Some(BusError::HandlerPanicked { topic, partition, message: panic_message(e) })
             }
-            // Aborted: a drain gave up on it.
-            Err(_) => None,
         }
     }
 

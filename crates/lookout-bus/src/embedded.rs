@@ -107,6 +107,24 @@ impl EmbeddedBroker {
         unsafe { sys::rd_kafka_mock_group_initial_rebalance_delay_ms(self.cluster, ms) };
     }
 
+    /// Makes the broker advertise `addr` in its metadata instead of the port it listens on:
+    /// after bootstrapping, clients connect to `addr` only. Whatever listens there must forward
+    /// to [`EmbeddedBroker::bootstrap_servers`], which stays where it was ([`EmbeddedBroker::listen`]
+    /// does this; tests put a fault-injecting proxy there).
+    pub fn advertise(&self, addr: SocketAddr) {
+        let host = CString::new(addr.ip().to_string()).expect("an IP address has no NUL");
+        // SAFETY: the cluster is alive; librdkafka copies the host.
+        unsafe {
+            sys::rd_kafka_mock_broker_set_host_port(
+                self.cluster,
+                BROKER_ID,
+                host.as_ptr(),
+                i32::from(addr.port()),
+            );
+        }
+        debug!(advertised = %addr, "embedded broker advertises another address");
+    }
+
     /// Serves the broker on `addr` (e.g. `127.0.0.1:9092`) instead of its ephemeral port:
     /// connections are forwarded to the mock broker, which now advertises `addr` in its
     /// metadata so clients keep using it. Runs until `shutdown` is cancelled. Returns the
@@ -123,16 +141,7 @@ impl EmbeddedBroker {
             .local_addr()
             .map_err(|source| BusError::Listener { addr: addr.to_string(), source })?;
         let target = self.bootstrap.clone();
-        let host = CString::new(bound.ip().to_string()).expect("an IP address has no NUL");
-        // SAFETY: the cluster is alive; librdkafka copies the host.
-        unsafe {
-            sys::rd_kafka_mock_broker_set_host_port(
-                self.cluster,
-                BROKER_ID,
-                host.as_ptr(),
-                i32::from(bound.port()),
-            );
-        }
+        self.advertise(bound);
         info!(listen = %bound, "embedded broker listening");
         tokio::spawn(async move {
             loop {

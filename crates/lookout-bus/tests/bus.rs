@@ -1,5 +1,6 @@
 //! The bus against a real Kafka-protocol broker (embedded, or `LOOKOUT_BROKERS`): round trips,
-//! dead letters, content types, restarts, retries, readers by position, live subscriptions.
+//! dead letters, content types, restarts, retries, readers by position, live subscriptions,
+//! partitions lost while the broker is unreachable.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -490,6 +491,43 @@ async fn assignment_follows_rebalances() {
     stop_a.cancel();
     task_a.await.unwrap().unwrap();
     assert_eq!(*a.borrow(), 0);
+}
+
+/// A member cut off from the broker (through a fault proxy) for longer than its session timeout
+/// loses its partitions; when the broker is back and it gets them again, it reads them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_lost_to_a_session_timeout_are_read_again_when_they_come_back() {
+    let (t, proxy) = TestBus::behind_proxy().await;
+    t.create_topic(topics::PREDICTIONS.name(), 3).await;
+    let bus = t.bus("lookout-test");
+    let predictions = bus.publisher(&topics::PREDICTIONS);
+    let p = |seq| Prediction { camera_id: "cam".into(), frame_sequence: seq, ..Default::default() };
+
+    let (tx, mut rx) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let sub = bus.subscriber(&topics::PREDICTIONS, "lost");
+    let owned = sub.assignment();
+    let task = tokio::spawn(sub.run(
+        move |m: Incoming<Prediction>| {
+            let tx = tx.clone();
+            async move { tx.send(m.message.frame_sequence).await.map_err(HandlerError::transient) }
+        },
+        shutdown.clone(),
+    ));
+    predictions.send(&p(1)).await.unwrap();
+    assert_eq!(recv(&mut rx).await, 1);
+
+    proxy.cut();
+    assert_eq!(until(owned.clone(), |n| n == 0).await, 0, "the session timed out");
+    proxy.restore();
+    assert_eq!(until(owned.clone(), |n| n == 3).await, 3, "the partitions come back");
+    predictions.send(&p(2)).await.unwrap();
+    // The first may come again (its offset may not have been committed before the cut).
+    while recv(&mut rx).await != 2 {}
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert!(proxy.accepted() > 1, "the member reconnected through the proxy");
 }
 
 /// A producer that is not the bus: another client, as a Python or Java service would be.

@@ -4,6 +4,12 @@
 //! process and reachable over TCP by child processes) and its own topic prefix, or, when
 //! `LOOKOUT_BROKERS` is set, a unique prefix on that real Kafka. [`Collector`] reads a topic
 //! in the background through the bus's reader, for tests that check what was published.
+//! [`FaultProxy`] cuts and stalls TCP connections; [`TestBus::behind_proxy`] puts one in front
+//! of the embedded broker.
+
+mod proxy;
+
+pub use proxy::{Fault, FaultProxy};
 
 use std::{
     sync::{Arc, Mutex},
@@ -18,6 +24,11 @@ use tokio_util::sync::CancellationToken;
 /// it is a bound on a hang, never a way to synchronise.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A topic prefix no other test uses.
+fn unique_prefix() -> String {
+    format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
 /// A broker and topic namespace for one test.
 #[derive(Debug, Clone)]
 pub struct TestBus {
@@ -29,7 +40,7 @@ pub struct TestBus {
 impl TestBus {
     /// The embedded broker, or the real brokers named by `LOOKOUT_BROKERS`.
     pub fn start() -> Self {
-        let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let prefix = unique_prefix();
         match std::env::var("LOOKOUT_BROKERS").ok().filter(|b| !b.is_empty()) {
             Some(brokers) => Self { embedded: None, brokers, prefix },
             None => {
@@ -38,6 +49,21 @@ impl TestBus {
                 Self { embedded: Some(Arc::new(broker)), brokers, prefix }
             }
         }
+    }
+
+    /// The embedded broker (whatever `LOOKOUT_BROKERS` says), reachable only through a
+    /// [`FaultProxy`]: the broker advertises the proxy's address in its metadata, so clients
+    /// that bootstrap there keep every connection on it, and a cut or a stall of the proxy
+    /// makes the broker unreachable for all of them.
+    pub async fn behind_proxy() -> (Self, FaultProxy) {
+        let prefix = unique_prefix();
+        let broker = EmbeddedBroker::start().expect("the embedded broker starts");
+        let upstream = broker.bootstrap_servers().parse().expect("the broker's address is IP:port");
+        let proxy = FaultProxy::start(upstream).await.expect("the proxy starts");
+        broker.advertise(proxy.addr());
+        let bus =
+            Self { embedded: Some(Arc::new(broker)), brokers: proxy.addr().to_string(), prefix };
+        (bus, proxy)
     }
 
     /// Bootstrap servers.

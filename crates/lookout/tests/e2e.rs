@@ -5,14 +5,19 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{
+    Service, alive, camera_with, changes, eventually, free_port, interrupt, joined, log_records,
+    predictor, recorder, recorder_with, repo, s, sse_until, start,
+};
 use lookout_bus::{HandlerError, Incoming, topics};
 use lookout_proto::v1::{Frame, Prediction};
 use lookout_test_util::{EVENT_TIMEOUT, TestBus};
@@ -24,100 +29,8 @@ const FRAMES: u64 = 30;
 /// Label changes that makes: the first label, then one per photo switch.
 const CHANGES: usize = 6;
 
-/// A service process, killed when the test ends however it ends; when the test fails, the end
-/// of its output is printed.
-struct Service {
-    name: String,
-    child: Child,
-    log: Option<PathBuf>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking()
-            && let Some(text) = self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok())
-        {
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
-            eprintln!("---- last {} lines of {}:\n{}", tail.len(), self.name, tail.join("\n"));
-        }
-    }
-}
-
-/// Lines of a service's output shown when a test fails.
-const LOG_TAIL: usize = 40;
-
-impl Service {
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
-        self.child.wait().unwrap();
-    }
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
-}
-
-fn start(t: &TestBus, dir: &Path, name: &str, args: &[String]) -> Service {
-    let path = dir.join(format!("{name}.log"));
-    let log = std::fs::File::create(&path).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lookout"));
-    command.args(args).args(t.child_args()).args(["--instance", name]);
-    if !args.iter().any(|a| a == "--admin-addr") {
-        command.args(["--admin-addr", "127.0.0.1:0"]);
-    }
-    let child = command
-        .env("RUST_LOG", "info")
-        .env_remove("LOOKOUT_BROKERS")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("lookout runs");
-    Service { name: name.to_owned(), child, log: Some(path) }
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| (*x).to_owned()).collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn camera(t: &TestBus, dir: &Path) -> Service {
     camera_with(t, dir, "1s", FRAMES)
-}
-
-/// The slideshow of the sample photos, each held `hold`, for `frames` frames at 5 fps.
-fn camera_with(t: &TestBus, dir: &Path, hold: &str, frames: u64) -> Service {
-    let source = format!("images:{}", repo("samples").display());
-    let frames = frames.to_string();
-    start(
-        t,
-        dir,
-        "camera",
-        &s(&["camera", "--source", &source, "--hold", hold, "--fps", "5", "--frames", &frames]),
-    )
-}
-
-/// Waits until a service's log says its consumer owns partitions: a predictor started before
-/// the camera then labels the first frames while they are fresh (it skips frames older than
-/// its `--max-frame-age`, 2 s, and joining a group plus loading the model can take longer on a
-/// loaded machine).
-fn joined(service: &Service) {
-    let log = service.log.clone().expect("a log");
-    eventually(&format!("{} to own partitions", service.name), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.contains("partitions assigned").then_some(())
-    });
-}
-
-fn predictor(t: &TestBus, dir: &Path, name: &str) -> Service {
-    let model = repo("models/efficientnet-lite0/model.toml");
-    start(t, dir, name, &s(&["predictor", "--model", model.to_str().unwrap()]))
 }
 
 /// The object detector, in consumer group `detector` (beside the classifier's `predictor`).
@@ -129,55 +42,6 @@ fn detector(t: &TestBus, dir: &Path, name: &str) -> Service {
         name,
         &s(&["predictor", "--model", model.to_str().unwrap(), "--group", "detector"]),
     )
-}
-
-fn recorder(t: &TestBus, dir: &Path, name: &str, db: &str, group: &str) -> Service {
-    recorder_with(t, dir, name, db, group, &[])
-}
-
-fn recorder_with(
-    t: &TestBus,
-    dir: &Path,
-    name: &str,
-    db: &str,
-    group: &str,
-    extra: &[&str],
-) -> Service {
-    let url = format!("sqlite://{}?mode=rwc", dir.join(db).display());
-    let mut args = s(&["recorder", "--database-url", &url, "--group", group, "--min-score", "0.1"]);
-    args.extend(s(extra));
-    start(t, dir, name, &args)
-}
-
-/// The changes stored in a recorder database, as `lookout changes --json` prints them.
-fn changes(dir: &Path, db: &str) -> Vec<Value> {
-    if !dir.join(db).exists() {
-        return Vec::new(); // the recorder has not created it yet
-    }
-    let url = format!("sqlite://{}?mode=rwc", dir.join(db).display());
-    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
-        .args(["changes", "--database-url", &url, "--json", "-n", "1000"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "lookout changes: {}", String::from_utf8_lossy(&out.stderr));
-    let mut v: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    v.sort_by_key(|c| c["frame_sequence"].as_u64());
-    v
-}
-
-/// Polls `check` until it holds (a bounded wait for the pipeline to get there).
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + EVENT_TIMEOUT * 2;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn labels(changes: &[Value]) -> Vec<String> {
@@ -198,39 +62,6 @@ fn assert_slideshow_changes(changes: &[Value]) {
         assert_eq!(c["snapshot_missing"], false, "{c}");
         assert!(c["snapshot_bytes"].as_u64().unwrap() > 1000, "{c}");
     }
-}
-
-/// Reads the viewer's server-sent events until one satisfies `want`.
-fn sse_until(port: u16, want: impl Fn(&Value) -> bool) -> Value {
-    let mut stream =
-        eventually("the viewer to listen", || TcpStream::connect(("127.0.0.1", port)).ok());
-    write!(stream, "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        .unwrap();
-    stream.set_read_timeout(Some(EVENT_TIMEOUT * 2)).unwrap();
-    for line in BufReader::new(stream).lines() {
-        let line = line.expect("the event stream stays open");
-        if let Some(data) = line.strip_prefix("data:")
-            && let Ok(v) = serde_json::from_str::<Value>(data.trim())
-            && want(&v)
-        {
-            return v;
-        }
-    }
-    panic!("the event stream ended");
-}
-
-/// Every record of the log shipper's file sink.
-fn log_records(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
-    for e in entries.flatten() {
-        if e.path().extension().is_some_and(|x| x == "jsonl") {
-            let mut text = String::new();
-            std::fs::File::open(e.path()).unwrap().read_to_string(&mut text).unwrap();
-            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-        }
-    }
-    out
 }
 
 /// A plain HTTP GET: status and body.
@@ -627,19 +458,6 @@ fn a_recorder_killed_and_restarted_stores_what_an_uninterrupted_one_stores() {
     });
     let got: Vec<_> = got.iter().map(key).collect();
     assert_eq!(got, want, "the same changes, none lost, none doubled");
-}
-
-#[allow(unsafe_code)] // kill(2): the test plays the user pressing Ctrl-C.
-fn interrupt(pid: u32) {
-    // SAFETY: sends a signal to a child process this test started.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGINT);
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
 #[test]

@@ -14,10 +14,13 @@ use std::{
     collections::BTreeMap,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{Arc, OnceLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use lookout_test_util::EVENT_TIMEOUT;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use lookout_proto::v1::{Encoding, Frame, Label, ModelRef, Prediction};
 use lookout_recorder::{
@@ -569,6 +572,112 @@ pub fn describe(rows: &[Row]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+// The recorder binary and its admin server.
+
+/// Kills the child process when the test ends, however it ends.
+pub struct Guard(pub Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on the admin server: (status, body).
+pub async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, body))
+}
+
+/// Waits until `/readyz` on `addr` says `ready` (200) or not; returns its body.
+pub async fn wait_ready(addr: &str, ready: bool) -> String {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        if let Some((status, body)) = get(addr, "/readyz").await
+            && (status == 200) == ready
+        {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz did not become ready={ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every stored change, or `None` while the database cannot be read.
+pub async fn stored(url: &str) -> Option<Vec<Row>> {
+    let store = Store::open(url, Access::ReadOnly).await.ok()?;
+    // Fails while the server is down (stored_rows would panic).
+    store.changes(&Default::default()).await.ok()?;
+    let rows = stored_rows(&store).await;
+    store.close().await;
+    Some(rows)
+}
+
+/// Two cameras' slideshows, interleaved by capture time, and the rows an uninterrupted run
+/// stores for them with `--reorder-frames 64 --reorder-timeout 1s` and the other defaults.
+pub fn two_cameras() -> (Vec<Shot>, Vec<Row>) {
+    let mut shots = slideshow("porch", 1_700_000_000_000_000, 8, 40, 9);
+    shots.extend(slideshow("lobby", 1_700_000_300_000_000, 6, 40, 10));
+    shots.sort_by_key(|s| (s.capture_ms, s.camera.clone()));
+    let detector = DetectorConfig {
+        min_frames: 3,
+        min_score: 0.3,
+        window_frames: 64,
+        window_timeout: Duration::from_secs(1),
+    };
+    let expected = expected_rows(&expected_changes(detector, &shots), &shots);
+    (shots, expected)
+}
+
+/// Waits until at least `n` changes are stored.
+pub async fn wait_stored(url: &str, n: usize) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while stored(url).await.is_none_or(|r| r.len() < n) {
+        assert!(Instant::now() < deadline, "fewer than {n} changes stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the stored changes are `expected`; fails showing both and the end of `log`.
+pub async fn wait_for_expected(url: &str, expected: &[Row], log: &Path) {
+    let deadline = Instant::now() + EVENT_TIMEOUT * 2;
+    loop {
+        let rows = stored(url).await.unwrap_or_default();
+        if rows == expected {
+            return;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!(
+                "the table is not as expected\n got {:#?}\nwant {:#?}\nlog:\n{}",
+                describe(&rows),
+                describe(expected),
+                log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each shot's frame, then its prediction, at a steady pace (`pause` after every five).
+pub async fn stream(t: &lookout_test_util::TestBus, shots: &[Shot], pause: Duration) {
+    let bus = t.bus("lookout-test");
+    let frames = bus.publisher(&lookout_bus::topics::FRAMES);
+    let predictions = bus.publisher(&lookout_bus::topics::PREDICTIONS);
+    for (i, s) in shots.iter().enumerate() {
+        frames.send(&s.frame()).await.expect("frame delivered");
+        predictions.send(&s.prediction()).await.expect("prediction delivered");
+        if i % 5 == 4 {
+            tokio::time::sleep(pause).await;
+        }
+    }
 }
 
 #[test]
