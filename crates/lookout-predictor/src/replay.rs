@@ -192,7 +192,11 @@ async fn ensure_output(out: &Bus) -> Result<(), PredictorError> {
     let name = out.topic_name(topics::PREDICTIONS.name());
     let exists = admin::describe(out).await?.iter().any(|t| t.name == name);
     if !exists {
-        admin::ensure_topics(out, &[topics::PREDICTIONS.spec()]).await?;
+        admin::ensure_topics(out, &[topics::PREDICTIONS.spec()]).await.map_err(|e| {
+            PredictorError::Replay(format!(
+                "cannot create {name}: {e} (create it with the partitions of the live predictions topic, or use --into with a topic prefix that exists)"
+            ))
+        })?;
     }
     Ok(())
 }

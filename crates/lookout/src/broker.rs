@@ -24,6 +24,7 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     let shutdown = lookout_service::shutdown::on_signals();
     let broker = EmbeddedBroker::start().context("cannot start the embedded broker")?;
     broker.create_registry_topics(&args.topic_prefix)?;
+    crate::replay::create_replay_topic(&broker, &args.topic_prefix)?;
     let addr = broker.listen(args.listen, shutdown.clone()).await.with_context(|| {
         format!("cannot listen on {} (is another broker running there?)", args.listen)
     })?;

@@ -220,6 +220,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let broker = EmbeddedBroker::start()?;
     broker.create_registry_topics("")?;
+    crate::replay::create_replay_topic(&broker, "")?;
     // The broker outlives the services: they commit and flush while stopping.
     let broker_stop = CancellationToken::new();
     let brokers = match broker.listen(args.broker_listen, broker_stop.clone()).await {

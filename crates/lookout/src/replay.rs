@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lookout_bus::Bus;
+use lookout_bus::{Bus, embedded::EmbeddedBroker};
 use lookout_predictor::{
     BackendKind, PredictorArgs,
     replay::{DEFAULT_REPLAY_PREFIX, ReplayProgress, ReplayRange, replay, replay_bus},
@@ -73,6 +73,15 @@ pub(crate) struct ReplayArgs {
 
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// Creates the default replay topic on an embedded broker, which cannot create topics when
+/// asked over the network: `lookout broker` and `lookout demo` call it.
+pub(crate) fn create_replay_topic(broker: &EmbeddedBroker, prefix: &str) -> anyhow::Result<()> {
+    let predictions = &lookout_proto::topics::PREDICTIONS;
+    let name = format!("{prefix}{DEFAULT_REPLAY_PREFIX}{}", predictions.name());
+    broker.create_topic(&name, predictions.partitions())?;
+    Ok(())
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
