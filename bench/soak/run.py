@@ -153,8 +153,10 @@ def main():
     ap.add_argument("--churn-every", type=int, default=30, help="seconds between churns")
     ap.add_argument("--churn", type=int, default=5, help="cameras replaced at each churn")
     ap.add_argument("--sample-every", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=120, help="seconds left out of the fit")
+    ap.add_argument("--warmup", type=int, default=180, help="seconds left out of the fit")
     ap.add_argument("--size", default="320x240", help="synthetic frame size")
+    ap.add_argument("--snapshot-memory", default="64M",
+                    help="the recorder's frame buffer budget (its RSS rises until it is full)")
     ap.add_argument("--lookout", help="the lookout executable (default: a release build)")
     ap.add_argument("--check", action="store_true", help="exit 1 when something is off")
     ap.add_argument("--max-growth-mib", type=float, default=20.0,
@@ -192,7 +194,8 @@ def main():
                 "predictor", "--model", "models/efficientnet-lite0"], common, work)
         db = os.path.join(work, "recorder.db")
         services["recorder"] = Service(lookout, "recorder", [
-            "recorder", "--database-url", f"sqlite://{db}?mode=rwc"], common, work)
+            "recorder", "--database-url", f"sqlite://{db}?mode=rwc",
+            "--snapshot-memory", args.snapshot_memory], common, work)
         services["viewer"] = Service(lookout, "viewer", [
             "viewer", "--listen", "127.0.0.1:0"], common, work)
         services["logship"] = Service(lookout, "logship", [
