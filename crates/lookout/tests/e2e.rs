@@ -4,8 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
@@ -64,21 +63,14 @@ fn assert_slideshow_changes(changes: &[Value]) {
     }
 }
 
-/// A plain HTTP GET: status and body.
+/// `GET path` on the local `port`: status and body.
 fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, raw[end + 4..].to_vec()))
+    common::http_bytes(&format!("127.0.0.1:{port}"), path)
 }
 
 /// A GET whose body is text.
 fn http_text(port: u16, path: &str) -> Option<(u16, String)> {
-    http_get(port, path).map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+    common::http_get(&format!("127.0.0.1:{port}"), path)
 }
 
 /// The camera ids the viewer lists.

@@ -254,16 +254,22 @@ pub fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// `GET path` over HTTP/1.0: (status, body), or `None` when nothing answers.
+/// `GET path` over HTTP/1.0: (status, body as text), or `None` when nothing answers.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_bytes(addr, path)
+        .map(|(status, body)| (status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `GET path` over HTTP/1.0: (status, body), or `None` when nothing answers.
+pub fn http_bytes(addr: &str, path: &str) -> Option<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(EVENT_TIMEOUT)).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    stream.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Some((status, body))
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = String::from_utf8_lossy(&raw[..end]).split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, raw[end + 4..].to_vec()))
 }
 
 /// Waits until a service's `/readyz` says `ready` (200) or not (503); returns its body.
