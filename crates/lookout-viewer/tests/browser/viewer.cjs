@@ -84,9 +84,11 @@ const timeout = Number(timeoutArg) || 60000;
     Object.assign(result, await seen.jsonValue());
 
     // A detector's box with the object's label appears over the image, where the image is.
+    // Measured in the same step that finds it: the slideshow moves on and the box goes.
     const box = `${tile} .boxes .box[data-label="${object}"]`;
-    await page.waitForSelector(box);
-    result.object = await page.$eval(box, (b) => {
+    const found = await page.waitForFunction((sel) => {
+      const b = document.querySelector(sel);
+      if (!b) return false;
       const r = b.getBoundingClientRect();
       const img = b.closest('.video').querySelector('img').getBoundingClientRect();
       const inside = r.left >= img.left - 1 && r.top >= img.top - 1 &&
@@ -94,7 +96,8 @@ const timeout = Number(timeoutArg) || 60000;
       return { label: b.dataset.label, tag: b.querySelector('.tag').textContent,
                colour: getComputedStyle(b).borderTopColor, visible: getComputedStyle(b).display !== 'none',
                width: r.width, height: r.height, image_width: img.width, image_height: img.height, inside };
-    });
+    }, box);
+    result.object = await found.jsonValue();
     if (!result.object.visible || !result.object.inside) throw new Error(`the ${object} box is not shown over the image: ${JSON.stringify(result.object)}`);
 
     // fps and latency are shown, and the changes feed has entries.
