@@ -1,7 +1,7 @@
 //! A log record as the sinks see it, and its renderings: JSON lines (files, stdout), a human
 //! line (stdout) and an Elastic Common Schema document (Elasticsearch, OpenSearch).
 
-use std::{collections::BTreeMap, fmt::Write as _, time::SystemTime};
+use std::{borrow::Cow, collections::BTreeMap, fmt::Write as _, time::SystemTime};
 
 use lookout_proto::v1::{Level, LogRecord};
 use serde::Serialize;
@@ -116,19 +116,26 @@ pub fn json_line(entry: &Entry) -> String {
 
 /// The record as a line for people:
 /// `2026-05-01T12:00:00.1Z  INFO lookout-predictor[box-1] target: message camera_id=lobby …`.
+/// Control characters in any of the record's text are escaped (`\n`, `\u{1b}`), so a record
+/// is always one line and cannot send escape sequences to a terminal.
 pub fn human_line(entry: &Entry) -> String {
     let r = &entry.record;
     let mut line = format!(
         "{} {:>5} {}[{}] {}: {}",
         rfc3339(entry.time()),
         entry.level().to_uppercase(),
-        r.service,
-        r.instance,
-        r.target,
-        r.message
+        plain(&r.service),
+        plain(&r.instance),
+        plain(&r.target),
+        plain(&r.message)
     );
     let mut pair = |k: &str, v: &str| {
-        if v.is_empty() || v.contains(char::is_whitespace) || v.contains('"') {
+        let k = plain(k);
+        if v.is_empty()
+            || v.contains(char::is_whitespace)
+            || v.contains(['"', '\\'])
+            || v.contains(char::is_control)
+        {
             let _ = write!(line, " {k}={v:?}");
         } else {
             let _ = write!(line, " {k}={v}");
@@ -148,6 +155,22 @@ pub fn human_line(entry: &Entry) -> String {
         pair("trace_id", &r.trace_id);
     }
     line
+}
+
+/// `text` with its control characters escaped as Rust writes them (`\n`, `\t`, `\u{1b}`).
+fn plain(text: &str) -> Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// An Elastic Common Schema document.
@@ -287,6 +310,24 @@ mod tests {
              slow frame camera_id=lobby frame_sequence=42 elapsed_ms=87 \
              model.name=\"mobilenet v2\" trace_id=4bf92f3577b34da6a3ce929d0e0e4736"
         );
+    }
+
+    /// A message cannot forge a second line or colour a terminal (found by the `records`
+    /// fuzz target).
+    #[test]
+    fn human_lines_escape_control_characters() {
+        let mut e = entry();
+        e.record.message = "ok\n2026-05-01T12:00:00Z ERROR forged: \u{1b}[31mred".into();
+        e.record.target = "t\r".into();
+        e.record.fields.clear();
+        e.record.fields.insert("k\u{7}".into(), "v\u{1b}".into());
+        let line = human_line(&e);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("t\\r: ok\\n2026-05-01T12:00:00Z ERROR forged: \\u{1b}[31mred"),
+            "{line}"
+        );
+        assert!(line.contains(" k\\u{7}=\"v\\u{1b}\""), "{line}");
     }
 
     #[test]
