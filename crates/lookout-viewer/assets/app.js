@@ -6,9 +6,15 @@
 
 (() => {
   // Browsers open at most 6 HTTP/1.1 connections to one host and every MJPEG stream keeps one:
-  // the first cameras stream live, the others refresh a snapshot on each frame event, which
-  // leaves connections for the event stream and the API.
-  const MAX_LIVE_STREAMS = 4;
+  // over HTTP/1.1 the first cameras stream live, the others refresh a snapshot on each frame
+  // event, which leaves connections for the event stream and the API. Over HTTP/2 (the viewer
+  // serving HTTPS, --tls-cert) every stream shares one connection: all cameras stream live, up
+  // to a bound well under the viewer's --max-clients (64).
+  const navigation = performance.getEntriesByType('navigation')[0];
+  const protocol = (navigation && navigation.nextHopProtocol) || 'http/1.1';
+  const multiplexed = protocol === 'h2' || protocol === 'h3';
+  const MAX_LIVE_STREAMS = multiplexed ? 32 : 4;
+  document.body.dataset.protocol = protocol;
   const MAX_CHANGES = 50;
   const STALE_MS = 5000;
   // A colour per class id, the same as the server-side overlay's (src/overlay.rs).
@@ -111,6 +117,7 @@
           seq: -1, labelSeq: -1, objectSeqs: new Map(), lastFrame: 0, lastObjects: 0,
           live: live < MAX_LIVE_STREAMS, loading: false };
     if (t.live) live += 1;
+    root.dataset.view = t.live ? 'stream' : 'snapshot';
     img.addEventListener('load', () => { t.loading = false; });
     img.addEventListener('error', () => {
       t.loading = false;

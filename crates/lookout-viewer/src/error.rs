@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -19,6 +19,14 @@ pub enum ViewerError {
         addr: SocketAddr,
         /// The cause.
         source: std::io::Error,
+    },
+    /// `--tls-cert` or `--tls-key` cannot be used.
+    #[error("TLS: {}: {reason}", path.display())]
+    Tls {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 

@@ -14,7 +14,8 @@
 //! - JSON events, serialised once and fanned out to event clients over a bounded broadcast
 //!   channel (a lagging client skips).
 //!
-//! Modules: [`http`] (the router, [`app`]), [`server`] (connections: limits and timeouts),
+//! Modules: [`http`] (the router, [`app`]), [`server`] (connections: HTTP/1.1 and HTTP/2,
+//! limits and timeouts), [`tls`] (HTTPS, which gives browsers HTTP/2),
 //! `auth` (the optional token, headers on every response), `mjpeg` (multipart bodies),
 //! `events` (SSE),
 //! `overlay` (the label burned into frames, rendered once per frame per camera), `assets`
@@ -35,9 +36,11 @@ mod overlay;
 pub mod server;
 mod service;
 mod state;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -56,6 +59,7 @@ pub use state::{
     CameraInfo, ChangeInfo, CurrentLabel, CurrentObjects, Event, LabelView, ObjectView,
     RECENT_CHANGES, REORDER_WINDOW, ViewerConfig, ViewerState,
 };
+pub use tls::TlsConfig;
 
 /// The viewer's own options.
 #[derive(Debug, Clone, clap::Args)]
@@ -105,6 +109,18 @@ pub struct ViewerArgs {
     #[arg(long, env = "LOOKOUT_VIEWER_OVERLAY_DEFAULT")]
     pub overlay_default: bool,
 
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first; with
+    /// --tls-key). Browsers then speak HTTP/2 and the page streams every camera live (over
+    /// HTTP/1.1 a browser holds six connections to a host, so four cameras stream live and the
+    /// others refresh as snapshots). Without it: HTTP/1.1, and HTTP/2 in the clear (h2c) for a
+    /// reverse proxy in front.
+    #[arg(long, env = "LOOKOUT_VIEWER_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "LOOKOUT_VIEWER_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// JPEG quality of overlay frames (1-100).
     #[arg(long, env = "LOOKOUT_VIEWER_OVERLAY_QUALITY", default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub overlay_quality: u8,
@@ -116,9 +132,17 @@ pub struct ViewerArgs {
 }
 
 impl ViewerArgs {
-    /// The state's configuration.
-    pub fn config(&self) -> ViewerConfig {
-        ViewerConfig {
+    /// The state's configuration; reads the TLS certificate and key.
+    ///
+    /// # Errors
+    ///
+    /// [`ViewerError::Tls`] when `--tls-cert` or `--tls-key` cannot be used.
+    pub fn config(&self) -> Result<ViewerConfig, ViewerError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+            _ => None,
+        };
+        Ok(ViewerConfig {
             max_clients: self.max_clients,
             max_cameras: self.max_cameras,
             overlay_default: self.overlay_default,
@@ -131,19 +155,21 @@ impl ViewerArgs {
                 header_timeout: self.header_timeout,
                 write_timeout: self.write_timeout,
             },
-        }
+            tls,
+        })
     }
 }
 
 /// Runs the viewer on `listener` until `shutdown` is cancelled: the live subscriptions and
-/// the web server. A failure of either cancels `shutdown` and is returned.
+/// the web server. A failure of either cancels `shutdown` and is returned; so is a TLS
+/// certificate or key that cannot be used, before anything starts.
 pub async fn run(
     args: ViewerArgs,
     listener: TcpListener,
     bus: Bus,
     shutdown: CancellationToken,
 ) -> Result<(), ViewerError> {
-    let state = ViewerState::new(args.config(), shutdown.clone());
+    let state = ViewerState::new(args.config()?, shutdown.clone());
     let following = async {
         let r = follow(&bus, state.clone(), shutdown.clone()).await;
         if r.is_err() {
@@ -192,11 +218,13 @@ pub async fn serve(
         .map_err(|source| ViewerError::Serve { addr: ([0, 0, 0, 0], 0).into(), source })?;
     let limits = state.config().server;
     let authenticated = state.config().auth_token.is_some();
-    info!(addr = %addr, url = %format!("http://{addr}/"), authenticated, max_connections = limits.max_connections, "viewer listening");
+    let tls = state.config().tls.clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(addr = %addr, url = %format!("{scheme}://{addr}/"), authenticated, tls = tls.is_some(), max_connections = limits.max_connections, "viewer listening");
     if !authenticated && !addr.ip().is_loopback() {
         warn!(addr = %addr, "the viewer is reachable from other machines without authentication: set --auth-token");
     }
-    server::serve(listener, app(state), limits, shutdown).await;
+    server::serve(listener, app(state), limits, tls, shutdown).await;
     info!(addr = %addr, "viewer stopped serving");
     Ok(())
 }

@@ -29,6 +29,11 @@ pub const OVERLAY_RENDERS: &str = "lookout_viewer_overlay_renders_total";
 pub const OVERLAY_RENDER_SECONDS: &str = "lookout_viewer_overlay_render_seconds";
 /// Connections open now.
 pub const OPEN_CONNECTIONS: &str = "lookout_viewer_open_connections";
+/// Connections past their TLS handshake (if any) whose protocol is known (`protocol`:
+/// http/1.1, h2; `tls`: true, false).
+pub const HTTP_CONNECTIONS: &str = "lookout_viewer_http_connections_total";
+/// TLS handshakes that failed (a client that does not trust the certificate, or no TLS).
+pub const TLS_HANDSHAKE_FAILURES: &str = "lookout_viewer_tls_handshake_failures_total";
 /// Connections closed as soon as they were accepted because `--max-connections` were open.
 pub const CONNECTIONS_REFUSED: &str = "lookout_viewer_connections_refused_total";
 /// Connections ended because the client took no bytes for `--write-timeout`.

@@ -77,6 +77,8 @@ pub struct ViewerConfig {
     pub auth_token: Option<AuthToken>,
     /// Connection limits and timeouts of the HTTP server.
     pub server: ServerLimits,
+    /// HTTPS (and HTTP/2 for browsers), when set.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for ViewerConfig {
@@ -90,6 +92,7 @@ impl Default for ViewerConfig {
             history: 1000,
             auth_token: None,
             server: ServerLimits::default(),
+            tls: None,
         }
     }
 }

@@ -156,6 +156,8 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
         max_connections: 512,
         header_timeout: Duration::from_secs(10),
         write_timeout: Duration::from_secs(20),
+        tls_cert: None,
+        tls_key: None,
     };
     let viewer = tokio::spawn(lookout_viewer::run(
         viewer_args,

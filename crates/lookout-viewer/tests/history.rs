@@ -100,6 +100,8 @@ impl Viewer {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(20),
+            tls_cert: None,
+            tls_key: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(lookout_viewer::run(

@@ -60,6 +60,15 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     viewer_listen: SocketAddr,
 
+    /// Serve the viewer over HTTPS with this certificate (PEM; with --viewer-tls-key): the
+    /// browser speaks HTTP/2 and the page streams every camera live.
+    #[arg(long, value_name = "FILE", requires = "viewer_tls_key")]
+    viewer_tls_cert: Option<PathBuf>,
+
+    /// The private key of --viewer-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "viewer_tls_cert")]
+    viewer_tls_key: Option<PathBuf>,
+
     /// Where the embedded broker listens (another free port is used if this one is taken).
     #[arg(long, default_value = "127.0.0.1:9092")]
     broker_listen: SocketAddr,
@@ -241,10 +250,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // the reorder window waits that out, so the crash costs no change.
         recorder.extend(["--reorder-timeout".into(), REPLICA_REORDER_TIMEOUT.into()]);
     }
+    let mut viewer = vec!["viewer".into(), "--listen".into(), args.viewer_listen.to_string()];
+    if let (Some(cert), Some(key)) = (&args.viewer_tls_cert, &args.viewer_tls_key) {
+        viewer.extend(["--tls-cert".into(), cert.display().to_string()]);
+        viewer.extend(["--tls-key".into(), key.display().to_string()]);
+    }
+    let viewer_url = format!(
+        "{}://{}/",
+        if args.viewer_tls_cert.is_some() { "https" } else { "http" },
+        args.viewer_listen
+    );
     let mut plan: Vec<(String, Vec<String>)> = vec![
         ("logship".into(), vec!["logship".into(), "--sink".into(), logs]),
         ("recorder".into(), recorder),
-        ("viewer".into(), vec!["viewer".into(), "--listen".into(), args.viewer_listen.to_string()]),
+        ("viewer".into(), viewer),
     ];
     plan.extend(predictors);
     plan.push(("camera".into(), camera));
@@ -263,7 +282,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         dir.display()
     );
 
-    supervise(&mut services, args.viewer_listen, &shutdown).await;
+    supervise(&mut services, &viewer_url, &shutdown).await;
     stop(&mut services).await;
     broker_stop.cancel();
     drop(broker);
@@ -272,7 +291,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Prints each service's state as it changes, until Ctrl-C or a service exits.
-async fn supervise(services: &mut [Service], viewer: SocketAddr, shutdown: &CancellationToken) {
+async fn supervise(services: &mut [Service], viewer: &str, shutdown: &CancellationToken) {
     let mut announced = false;
     loop {
         for s in services.iter_mut() {
@@ -302,7 +321,7 @@ async fn supervise(services: &mut [Service], viewer: SocketAddr, shutdown: &Canc
         }
         if !announced && services.iter().all(|s| s.state == State::Ready) {
             announced = true;
-            println!("\nLookout is running: open http://{viewer}/   (Ctrl-C stops everything)\n");
+            println!("\nLookout is running: open {viewer}   (Ctrl-C stops everything)\n");
         }
         if services.iter().any(|s| s.state == State::Exited) {
             println!("a service exited; stopping the demo");
