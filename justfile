@@ -27,12 +27,13 @@ deny:
     cargo deny --locked check --hide-inclusion-graph
 
 # Every fuzz target for SECONDS each (fuzz/: message decoding and headers, MJPEG splitting,
-# predictor decode + preprocess, model manifests, durations and sizes), starting from the corpus
-# kept in fuzz/corpus. Needs a nightly toolchain and `cargo install cargo-fuzz --locked`.
-# No AddressSanitizer: the C libraries under lookout-bus (librdkafka, zstd) do not build with it,
-# and the fuzzed code is safe Rust; panics, overflow checks and debug assertions are the findings.
+# predictor decode + preprocess, model manifests, log-record renderings, durations and sizes),
+# starting from the corpus kept in fuzz/corpus; new inputs are added to it. Needs
+# `cargo install cargo-fuzz --locked`; runs on the stable toolchain. No sanitizer: the C
+# libraries under lookout-bus (librdkafka, zstd) do not build with AddressSanitizer, and the
+# fuzzed code is safe Rust; panics, overflow checks and debug assertions are the findings.
 fuzz SECONDS="60":
-    for t in messages mjpeg frame manifest units; do cargo +nightly fuzz run --sanitizer none "$t" -- -max_total_time={{SECONDS}} || exit 1; done
+    cd fuzz && for t in $(cargo fuzz list); do cargo fuzz run --sanitizer none "$t" -- -max_total_time={{SECONDS}} || exit 1; done
 
 # Many synthetic cameras through every service for a long time, cameras leaving and joining:
 # memory of every service sampled each 10 s, every frame accounted for, latency; plots with
