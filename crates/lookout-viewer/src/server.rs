@@ -44,7 +44,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{either::Either, sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use crate::{metrics as m, tls::TlsConfig};
@@ -193,11 +193,11 @@ async fn serve_connection(
                     metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
                 })?;
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                Ok((Opened::Tls(Box::new(stream)), h2))
+                Ok((Either::Right(Box::new(stream)), h2))
             }
             None => {
                 let (stream, h2) = sniff(connection).await?;
-                Ok::<_, io::Error>((Opened::Clear(stream), h2))
+                Ok::<_, io::Error>((Either::Left(stream), h2))
             }
         }
     };
@@ -216,7 +216,7 @@ async fn serve_connection(
             return;
         }
     };
-    let tls = matches!(stream, Opened::Tls(_));
+    let tls = matches!(stream, Either::Right(_));
     metrics::counter!(
         m::HTTP_CONNECTIONS,
         "protocol" => if h2 { "h2" } else { "http/1.1" },
@@ -253,71 +253,6 @@ async fn sniff(mut connection: Connection) -> io::Result<(Prefixed<Connection>, 
         }
         if read.len() == H2_PREFACE.len() {
             return Ok((Prefixed { prefix: read, at: 0, inner: connection }, true));
-        }
-    }
-}
-
-/// A connection after its protocol is known.
-#[derive(Debug)]
-enum Opened {
-    Clear(Prefixed<Connection>),
-    Tls(Box<tokio_rustls::server::TlsStream<Connection>>),
-}
-
-impl AsyncRead for Opened {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Clear(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Opened {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Clear(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Clear(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Clear(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Clear(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Clear(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
