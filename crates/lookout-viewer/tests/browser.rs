@@ -11,7 +11,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -116,8 +115,9 @@ const TOKEN: &str = "browser-test-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_live_video_and_labels_in_chromium() {
-    let chromium = chromium();
-    let playwright = playwright_core();
+    // Missing browser parts fail the test before anything starts.
+    chromium();
+    playwright_core();
     let out = artifacts();
     for name in ["viewer.png", "viewer-phone.png", "viewer-overlay.png", "viewer-failure.png"] {
         let _ = std::fs::remove_file(out.join(name));
@@ -167,33 +167,15 @@ async fn the_page_shows_live_video_and_labels_in_chromium() {
     ));
     let camera = tokio::spawn(cameras(t.bus("lookout-camera"), shutdown.clone()));
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/viewer.cjs");
     let step_timeout = EVENT_TIMEOUT.as_millis().to_string();
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .args([url.as_str(), "lobby", "espresso", "cat", "kitchen"])
-        .arg(&out)
-        .arg(&step_timeout)
-        .env("PLAYWRIGHT_CORE", &playwright)
-        .env("CHROMIUM", &chromium)
-        .env("VIEWER_TOKEN", TOKEN)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(EVENT_TIMEOUT * 5, run)
-        .await
-        .expect("the browser check ends")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "the page check in Chromium failed (screenshot: {}):\n{stderr}\n{stdout}",
-        out.join("viewer-failure.png").display()
-    );
-    let result: serde_json::Value =
-        serde_json::from_str(stdout.trim()).expect("the check prints its result as JSON");
-    eprintln!("browser saw: {result}");
+    let args = [url.as_str(), "lobby", "espresso", "cat", "kitchen"].map(std::ffi::OsStr::new);
+    let result = common::browser_check(
+        "viewer.cjs",
+        args.into_iter().chain([out.as_os_str(), step_timeout.as_ref()]),
+        &[("VIEWER_TOKEN", TOKEN)],
+        EVENT_TIMEOUT * 5,
+    )
+    .await;
     assert_eq!(result["without_token"]["status"], 401, "{result}");
     assert!(
         result["without_token"]["challenge"].as_str().is_some_and(|c| c.starts_with("Basic ")),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use image::{codecs::jpeg::JpegEncoder, imageops::FilterType};
@@ -209,8 +209,9 @@ async fn a_cameras_history_survives_a_restart_and_pages_back_through_the_topic()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_a_cameras_history_with_thumbnails_after_a_restart_in_chromium() {
-    let chromium = chromium();
-    let playwright = playwright_core();
+    // Missing browser parts fail the test before anything starts.
+    chromium();
+    playwright_core();
     let out = artifacts();
     let _ = std::fs::remove_file(out.join("viewer-history.png"));
     let t = TestBus::start();
@@ -224,25 +225,15 @@ async fn the_page_shows_a_cameras_history_with_thumbnails_after_a_restart_in_chr
     let viewer = Viewer::start(&t).await;
     viewer.history_ready("porch").await;
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/history.cjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .args([format!("{}/", viewer.url), "porch".into()])
-        .arg(&out)
-        .arg(EVENT_TIMEOUT.as_millis().to_string())
-        .env("PLAYWRIGHT_CORE", &playwright)
-        .env("CHROMIUM", &chromium)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(EVENT_TIMEOUT * 3, run)
-        .await
-        .expect("the browser check ends")
-        .expect("node runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stderr}");
-    assert!(output.status.success(), "the history check in Chromium failed:\n{stderr}");
-    let result: Value = serde_json::from_slice(&output.stdout).expect("JSON result");
-    eprintln!("browser saw: {result}");
+    let args = [format!("{}/", viewer.url), "porch".into(), out.display().to_string()];
+    let timeout_ms = EVENT_TIMEOUT.as_millis().to_string();
+    let result = common::browser_check(
+        "history.cjs",
+        args.into_iter().chain([timeout_ms]),
+        &[],
+        EVENT_TIMEOUT * 3,
+    )
+    .await;
 
     // At first a page of thumbnails, newest first, each a loaded image; scrolling down loads
     // the older ones, read back from the topic, until the camera's first change.

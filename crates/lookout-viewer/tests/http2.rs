@@ -17,7 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use clap::Parser as _;
-use common::{Multipart, Server, artifacts, chromium, frame, playwright_core, sample_jpeg};
+use common::{Multipart, Server, artifacts, frame, sample_jpeg};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::{Request, StatusCode, Version, body::Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -272,26 +272,12 @@ impl Watched {
 
 /// Opens `url` in Chromium and watches the page for `seconds`.
 async fn watch(url: &str, cameras: usize, seconds: u64, screenshot: &Path) -> Watched {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/live.cjs");
-    let run = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(url)
-        .arg(cameras.to_string())
-        .arg(seconds.to_string())
-        .arg(screenshot)
-        .arg(EVENT_TIMEOUT.as_millis().to_string())
-        .env("PLAYWRIGHT_CORE", playwright_core())
-        .env("CHROMIUM", chromium())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(EVENT_TIMEOUT * 3 + Duration::from_secs(seconds), run)
-        .await
-        .expect("the browser check ends")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the page check in Chromium failed:\n{stderr}\n{stdout}");
-    Watched { json: serde_json::from_str(stdout.trim()).expect("the check prints JSON") }
+    let args = [url.to_owned(), cameras.to_string(), seconds.to_string()];
+    let rest = [screenshot.display().to_string(), EVENT_TIMEOUT.as_millis().to_string()];
+    let timeout = EVENT_TIMEOUT * 3 + Duration::from_secs(seconds);
+    Watched {
+        json: common::browser_check("live.cjs", args.into_iter().chain(rest), &[], timeout).await,
+    }
 }
 
 const CAMERAS: usize = 12;

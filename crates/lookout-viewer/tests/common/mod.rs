@@ -296,3 +296,40 @@ pub fn artifacts() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Runs the check `tests/browser/SCRIPT` in headless Chromium (node with playwright-core) with
+/// `args` and the extra environment `env`, for at most `timeout`; fails the test with the
+/// script's log when the check fails, else returns the JSON the script printed. The script's
+/// log (standard error) is shown either way.
+pub async fn browser_check<A: AsRef<std::ffi::OsStr>>(
+    script: &str,
+    args: impl IntoIterator<Item = A>,
+    env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser").join(script);
+    let run = tokio::process::Command::new("node")
+        .arg(&path)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PLAYWRIGHT_CORE", playwright_core())
+        .env("CHROMIUM", chromium())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("the browser check {script} ends within {timeout:?}"))
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "the browser check {script} failed (screenshots in {}):\n{stderr}\n{stdout}",
+        artifacts().display()
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(stdout.trim()).expect("the check prints its result as JSON");
+    eprintln!("browser saw: {result}");
+    result
+}
